@@ -1,0 +1,1 @@
+"""Outbound sinks: where triggers and contact state go after the worker decided them."""

@@ -1,0 +1,110 @@
+"""The normalised event model that travels on ``leadpulse-events`` (DESIGN.md section 3).
+
+Events are plain dicts (orjson in, orjson out): pydantic validates at the HTTP edge,
+and the hot path only runs :func:`event_problem`, a cheap structural check, on
+records that other producers may have written.
+
+A Kafka record on the events topic is either one event (a JSON object) or an
+*envelope*: a JSON array of events that all belong to that record's partition.
+
+>>> decode_record(encode_envelope([{"id": "a"}, {"id": "b"}]))
+[{'id': 'a'}, {'id': 'b'}]
+>>> contact_key({"contact_id": None, "anonymous_id": "x1"})
+'anon:x1'
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import orjson
+
+ANONYMOUS_PREFIX = "anon:"
+
+# Signal types the scoring model understands plus the identity / CRM types.
+EVENT_TYPES = frozenset(
+    {
+        "page_view",
+        "time_on_site",
+        "demo_request",
+        "whitepaper_download",
+        "webinar_attended",
+        "email_open",
+        "email_click",
+        "email_reply",
+        "email_delivered",
+        "email_bounce",
+        "unsubscribe",
+        "spam_report",
+        "linkedin_engagement",
+        "twitter_engagement",
+        "track",  # a Segment track call whose name the model does not map (kept for the ledger, scores 0)
+        "identify",
+        "alias",
+        "group",
+        "crm_update",
+        "sales_feedback",
+    }
+)
+
+IDENTITY_TYPES = frozenset({"identify", "alias"})
+
+
+class Event(TypedDict):
+    """One normalised event; see DESIGN.md section 3."""
+
+    id: str
+    type: str
+    contact_id: str | None
+    anonymous_id: str | None
+    ts: int
+    received_at: int
+    source: str
+    traits: dict[str, Any]
+    properties: dict[str, Any]
+
+
+def contact_key(event: dict[str, Any]) -> str:
+    """The Kafka key of an event: its contact id, else ``anon:<anonymous id>``."""
+    contact_id = event.get("contact_id")
+    if contact_id:
+        return str(contact_id)
+    return ANONYMOUS_PREFIX + str(event.get("anonymous_id"))
+
+
+def event_problem(event: Any) -> str | None:
+    """Return why ``event`` is not a usable normalised event, or ``None`` when it is."""
+    if not isinstance(event, dict):
+        return "event is not a JSON object"
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        return "id: missing or not a non-empty string"
+    if event.get("type") not in EVENT_TYPES:
+        return f"type: unknown event type {event.get('type')!r}"
+    if not event.get("contact_id") and not event.get("anonymous_id"):
+        return "contact_id/anonymous_id: one of them is required"
+    ts = event.get("ts")
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts <= 0:
+        return "ts: missing or not epoch milliseconds"
+    for field in ("traits", "properties"):
+        value = event.get(field)
+        if value is not None and not isinstance(value, dict):
+            return f"{field}: must be an object"
+    return None
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def encode_envelope(events: list[dict[str, Any]]) -> bytes:
+    """Pack events that share a partition into one record (a JSON array)."""
+    return orjson.dumps(events)
+
+
+def decode_record(value: bytes) -> list[Any]:
+    """Unpack one record into its events; raises ``orjson.JSONDecodeError`` on bad JSON."""
+    decoded = orjson.loads(value)
+    if isinstance(decoded, list):
+        return decoded
+    return [decoded]
