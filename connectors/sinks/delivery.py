@@ -96,8 +96,12 @@ class DeliveryError(Exception):
 class RetryAfter(DeliveryError):
     """The endpoint asked us to slow down (HTTP 429 / 503 with Retry-After)."""
 
-    def __init__(self, seconds: float, reason: str = "rate limited", *, delivered: Iterable[str] = ()) -> None:
-        super().__init__(f"{reason} (retry after {seconds:g}s)", delivered=delivered, retry_after=max(0.0, seconds))
+    def __init__(
+        self, seconds: float, reason: str = "rate limited", *, delivered: Iterable[str] = (), rejected: Iterable[str] = ()
+    ) -> None:
+        super().__init__(
+            f"{reason} (retry after {seconds:g}s)", delivered=delivered, rejected=rejected, retry_after=max(0.0, seconds)
+        )
         self.seconds = max(0.0, seconds)
 
 
