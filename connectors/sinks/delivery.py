@@ -21,6 +21,11 @@ This module owns everything between "the worker decided a trigger" and "a sink
   receivers must dedupe on ``webhook-id``; Slack cannot dedupe, so at worst one
   duplicate alert appears after such a crash.
 
+Metrics: every trigger ends as exactly one of ``delivered``, ``duplicate`` (the
+ledger or the batch already had it) or ``dead_letter``; ``failed`` counts trigger
+attempts that failed and were retried, and ``sink_retries`` counts retried batches.
+Dead-lettered ids are not marked delivered, so a redrive of the DLQ can send them.
+
 Queue policy (nothing is dropped): :meth:`SinkRunner.offer` never blocks and
 returns ``False`` when the queue is full, leaving the batch with the caller;
 :meth:`SinkRunner.put` waits for room (backpressure). The worker calls
@@ -459,6 +464,7 @@ class SinkRunner:
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self.max_retry_after))
             log.info("sink %s: attempt %d failed (%s); retrying in %.2fs", self.name, attempt, reason, delay)
+            self._count("failed", len(ids))
             if self.metrics is not None:
                 self.metrics.sink_retries.labels(sink=self.name).inc()
             await self.sleep(delay)

@@ -63,7 +63,10 @@ class WebhookSink:
 
     A batch counts as delivered per trigger: a trigger is done once every URL
     answered 2xx. Which URL already got which trigger is remembered between
-    attempts, so a retry does not re-send to a URL that already accepted it.
+    attempts, so a retry does not re-send to a URL that already accepted it. A
+    final refusal (4xx) from any URL dead-letters the trigger for all of them, which
+    is one reason :func:`~connectors.sinks.delivery.build_runners` gives each URL
+    its own sink and runner.
     """
 
     def __init__(

@@ -88,6 +88,7 @@ async def test_retries_with_backoff_then_delivers():
     assert len(ft.sleeps) == 2
     assert 0 <= ft.sleeps[0] <= 0.1 and 0 <= ft.sleeps[1] <= 0.2
     assert count(metrics, "fake", "delivered") == 2
+    assert count(metrics, "fake", "failed") == 4  # two triggers, two failed attempts each
     assert retries(metrics, "fake") == 2
     await r.close()
     assert sink.closed
@@ -123,6 +124,7 @@ async def test_dead_letter_after_max_attempts():
     assert "gave up after 3 attempts" in dlq.records[0][2] and "refused" in dlq.records[0][2]
     assert count(metrics, "fake", "dead_letter") == 2
     assert count(metrics, "fake", "delivered") == 0
+    assert count(metrics, "fake", "failed") == 4  # the last attempt ends in dead_letter, not failed
     assert retries(metrics, "fake") == 2
 
 
