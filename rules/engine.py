@@ -1,0 +1,631 @@
+"""The scoring engine: pure functions over a per-contact state dict. No I/O, no clock.
+
+``apply_event(state, event, model)`` folds one normalised event into a contact's state
+and returns the trigger decisions it causes, decided as of the event's own time
+(``event["ts"]``). ``view`` / ``top_reasons`` read a state as of a given time. The state
+is a plain dict of str keys, lists, numbers and strings, so it round-trips exactly through
+orjson and can live in a faust table or Redis.
+
+Score (the mapping is also written at the top of rules/models/default.yaml)::
+
+    fit       = min(40, fit_raw * 40/80)        # fit.weight, fit.full_raw
+    behaviour = min(60, beh_raw * 60/100)       # behaviour.weight, behaviour.full_raw
+    score     = clip(fit + behaviour, 0, 100), rounded to 2 decimals for decisions and display
+
+``beh_raw`` is the sum of every behaviour rule's points after caps and decay, plus trait
+penalties (e.g. free-mail domain). Behaviour may be negative and pull the score below fit.
+
+Decay and caps, exactly and independent of arrival order
+--------------------------------------------------------
+Each behaviour rule keeps one accumulator ``[ref, value, closed, count, windows, late]``:
+``value`` is the rule's contribution *as of* ``ref``, the latest event time the rule has
+seen. Reading at ``t >= ref`` multiplies by ``exp(-(t - ref) * ln2 / half_life)``; an event
+older than ``ref`` is added already decayed to ``ref``. Because the reference moves with the
+data (never a fixed epoch), no factor ever overflows. Reading at ``t < ref`` returns the
+value as of ``ref`` (the engine never un-decays).
+
+Caps use fixed windows aligned to the Unix epoch (``window = ts // cap.window``). Each open
+window keeps its undecayed raw total ``P`` and its decayed total ``D``; it contributes
+``D * min(1, cap / P)``, i.e. when a window overflows every event in it counts in
+proportion. Both sums are commutative, so the score read at ``t`` is the same (up to float
+rounding) for any arrival order. A window is folded into ``closed`` once the rule has seen
+an event ``allowed_lateness`` after the window's end; an event that still arrives for a
+folded window counts 0 for that rule (it is counted in ``late``). State per rule is thus
+bounded by ``allowed_lateness / window + 2`` windows.
+
+Triggers
+--------
+A threshold (mql at 80, hot_lead at the hot band) fires when the score is at or above its
+level and it is armed; firing disarms it. It re-arms when the score, evaluated lazily at a
+later event (decayed to that event's time, before and after applying it), is below
+``level - hysteresis``; and it never fires again within ``cooldown`` of its last firing.
+Routing rules fire on a matching event from a contact whose fit (0-40 scale) is high
+enough. Suppression is evaluated first in the same step and wins: a suppressed contact gets
+no suppressible trigger (mql, hot_lead, routing); ``suppress`` fires when the first reason
+appears, ``unsuppress`` when the last one ends. Trigger ids are
+``sha1(contact_id|type|ordinal)[:24]`` where ordinal counts that type's firings for the
+contact, so replaying the same events yields the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from math import exp
+from typing import Any
+
+from rules import normalize
+from rules.model import CompiledModel
+
+_EMPTY: dict[str, Any] = {}
+
+# Lead-state precedence when two states are merged (identity stitching keeps the furthest).
+_LEAD_RANK = {"nurture": 0, "mql": 1, "sql": 2, "customer": 3}
+
+
+def new_state(contact_id: str) -> dict[str, Any]:
+    """An empty contact state (plain JSON-compatible dict)."""
+    return {
+        "contact_id": contact_id,
+        "traits": {},  # merged traits, flat dotted paths -> latest value by event time
+        "trait_ts": {},  # path -> event time of the value kept (makes trait merges order-independent)
+        "fit": 0.0,  # raw fit points
+        "fit_detail": {},  # category -> [label, raw points, trait path]
+        "penalty": 0.0,  # raw behaviour points from trait penalties (<= 0)
+        "penalty_detail": {},  # penalty id -> raw points
+        "b": {},  # behaviour rule id -> [ref_ts, value_at_ref, closed_at_ref, count, windows|None, late]
+        "flags": {},  # sticky suppression reason -> earliest event time
+        "suppressed": [],  # current suppression reasons, sorted
+        "disarmed": {},  # threshold type -> event time it fired (absent = armed)
+        "last_fired": {},  # trigger type -> event time of its last firing
+        "fired": {},  # trigger type -> number of firings (ordinal used in trigger ids)
+        "lead_state": "nurture",
+        "mql_at": None,
+        "sql_at": None,
+        "rejection": None,  # {"reason": str|None, "at": ts} of the last sales rejection
+        "health": None,  # [score, band] from the health model
+        "updated_at": 0,  # max event time applied
+    }
+
+
+# --- behaviour accumulators ------------------------------------------------------------
+
+
+def _term(entry: list, k: float | None, t: int) -> float:
+    """A rule's contribution read at ``t`` (no growth before the rule's reference time)."""
+    value = entry[1]
+    if k:
+        dt = t - entry[0]
+        if dt > 0:
+            return value * exp(-dt * k)
+    return value
+
+
+def _beh_decayed(b: dict[str, list], rule_k: dict[str, float], t: int) -> float:
+    total = 0.0
+    for rid, entry in b.items():
+        value = entry[1]
+        if value:
+            k = rule_k.get(rid)
+            if k is None:  # rule no longer in the (reloaded) model: contributes nothing
+                continue
+            if k:
+                dt = t - entry[0]
+                if dt > 0:
+                    value *= exp(-dt * k)
+            total += value
+    return total
+
+
+def _add(b: dict[str, list], rid: str, ts: int, points: float, k: float, cap: float, window: int, lateness: int) -> None:
+    """Fold one event's points into a rule accumulator (see the module docstring)."""
+    entry = b.get(rid)
+    if entry is None:
+        if cap:
+            size = abs(points)
+            value = points if size <= cap else points * cap / size
+            b[rid] = [ts, value, 0.0, 1, {str(ts // window): [size, float(points)]}, 0]
+        else:
+            b[rid] = [ts, float(points), 0.0, 1, None, 0]
+        return
+    ref = entry[0]
+    advanced = ts > ref
+    if advanced:
+        factor = exp((ref - ts) * k) if k else 1.0
+        entry[0] = ts
+        delta = points
+    else:
+        factor = 1.0
+        delta = points * exp((ts - ref) * k) if (k and ts < ref) else points
+    if not cap:
+        entry[1] = entry[1] * factor + delta
+        entry[3] += 1
+        return
+    windows = entry[4]
+    if factor != 1.0:
+        entry[2] *= factor
+        for w in windows.values():
+            w[1] *= factor
+    newest = entry[0]
+    if advanced:
+        # Windows that can no longer receive events (within allowed lateness) are folded.
+        for key in [key for key in windows if (int(key) + 1) * window + lateness <= newest]:
+            size, decayed = windows.pop(key)
+            entry[2] += decayed if size <= cap else decayed * cap / size
+    idx = ts // window
+    if (idx + 1) * window + lateness <= newest:
+        entry[5] += 1  # too late for a closed window: documented to count 0
+        return
+    key = str(idx)
+    w = windows.get(key)
+    if w is None:
+        windows[key] = [abs(points), delta]
+    else:
+        w[0] += abs(points)
+        w[1] += delta
+    total = entry[2]
+    for size, decayed in windows.values():
+        total += decayed if size <= cap else decayed * cap / size
+    entry[1] = total
+    entry[3] += 1
+
+
+def _score(fit_raw: float, beh_raw: float, model: CompiledModel) -> float:
+    fit = fit_raw * model.fit_scale
+    if fit > model.fit_max:
+        fit = model.fit_max
+    beh = beh_raw * model.beh_scale
+    if beh > model.beh_max:
+        beh = model.beh_max
+    total = fit + beh
+    if total < 0.0:
+        return 0.0
+    if total > 100.0:
+        return 100.0
+    return round(total, 2)
+
+
+def score_at(state: dict[str, Any], model: CompiledModel, t: int) -> float:
+    """The exact (unrounded) 0-100 score as of ``t``; views and decisions round it to 2 decimals."""
+    fit = min(model.fit_max, state["fit"] * model.fit_scale)
+    beh = min(model.beh_max, (_beh_decayed(state["b"], model.rule_k, t) + state["penalty"]) * model.beh_scale)
+    return min(100.0, max(0.0, fit + beh))
+
+
+# --- traits -------------------------------------------------------------------------------
+
+
+def _order_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _merge_traits(state: dict[str, Any], traits: dict[str, Any], ts: int) -> dict[str, Any]:
+    """Latest-by-event-time wins per trait path (ties broken by value), so any order gives the same traits.
+
+    Returns the paths that changed value.
+    """
+    stored = state["traits"]
+    stamps = state["trait_ts"]
+    changed: dict[str, Any] = {}
+    for path, value in normalize.flatten(traits).items():
+        old_ts = stamps.get(path)
+        if old_ts is not None and (ts < old_ts or (ts == old_ts and _order_key(value) <= _order_key(stored.get(path)))):
+            continue
+        stamps[path] = ts
+        if path not in stored or stored[path] != value:
+            stored[path] = value
+            changed[path] = value
+    return changed
+
+
+def _trait_value_iter(traits: dict[str, Any], fields: tuple[str, ...]):
+    for path in fields:
+        value = traits.get(path)
+        if value is not None and value != "":
+            yield path, value
+
+
+def _recompute_profile(state: dict[str, Any], model: CompiledModel) -> None:
+    """Fit, trait penalties and health from the merged traits (only when traits changed)."""
+    traits = state["traits"]
+    raw = 0.0
+    detail: dict[str, list] = {}
+    for name, fields, options in model.fit_categories:
+        values = list(_trait_value_iter(traits, fields))
+        if not values:
+            continue
+        # Options are in priority order; the first that matches any of the fields wins.
+        for label, points, pred in options:
+            hit = next((path for path, value in values if pred(value)), None)
+            if hit is not None:
+                raw += points
+                detail[name] = [label, points, hit]
+                break
+    state["fit"] = raw
+    state["fit_detail"] = detail
+
+    penalty = 0.0
+    pen_detail: dict[str, float] = {}
+    for pid, fields, points, pred in model.penalties:
+        if any(pred(value) for _, value in _trait_value_iter(traits, fields)):
+            penalty += points
+            pen_detail[pid] = points
+    state["penalty"] = penalty
+    state["penalty_detail"] = pen_detail
+
+    if model.health_components:
+        total = 0.0
+        weight = 0.0
+        for _, trait, w in model.health_components:
+            x = normalize.number(traits.get(trait))
+            if x is not None:
+                total += w * min(100.0, max(0.0, x))
+                weight += w
+        if weight:
+            score = round(total / weight, 2)
+            band = next((name for low, name in model.health_bands if score >= low), model.health_bands[-1][1])
+            state["health"] = [score, band]
+
+
+def _suppression_reasons(state: dict[str, Any], model: CompiledModel) -> list[str]:
+    reasons = set(state["flags"])
+    traits = state["traits"]
+    for reason, path, pred in model.suppress_traits:
+        value = traits.get(path)
+        if value is not None and pred(value):
+            reasons.add(reason)
+    return sorted(reasons)
+
+
+# --- triggers -----------------------------------------------------------------------------
+
+
+def trigger_id(contact_id: str, ttype: str, ordinal: int) -> str:
+    """Deterministic id of the ``ordinal``-th ``ttype`` trigger of a contact (DESIGN.md section 5)."""
+    return hashlib.sha1(f"{contact_id}|{ttype}|{ordinal}".encode()).hexdigest()[:24]
+
+
+def _fire(
+    state: dict[str, Any],
+    model: CompiledModel,
+    ttype: str,
+    ts: int,
+    score: float,
+    previous: float,
+    band: str,
+    reasons: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    fired = state["fired"]
+    ordinal = fired.get(ttype, 0) + 1
+    fired[ttype] = ordinal
+    state["last_fired"][ttype] = ts
+    contact_id = state["contact_id"]
+    return {
+        "trigger_id": trigger_id(contact_id, ttype, ordinal),
+        "type": ttype,
+        "contact_id": contact_id,
+        "score": score,
+        "previous_score": round(previous, 2),
+        "band": band,
+        "reasons": reasons if reasons is not None else top_reasons(state, model, ts, 3),
+        "rules_version": model.version,
+        "event_ts": ts,
+    }
+
+
+# --- the step -----------------------------------------------------------------------------
+
+
+def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledModel) -> list[dict[str, Any]]:
+    """Fold ``event`` into ``state`` (in place) and return the triggers it causes, as of ``event["ts"]``."""
+    ts = event["ts"]
+    etype = event.get("type")
+    signal = etype if etype != "track" else model.signal_of(event)
+    props = event.get("properties") or _EMPTY
+    b = state["b"]
+    rule_k = model.rule_k
+
+    old_fit = state["fit"]
+    old_penalty = state["penalty"]
+    decayed = _beh_decayed(b, rule_k, ts)
+    previous = _score(old_fit, decayed + old_penalty, model)
+
+    traits = event.get("traits")
+    changed: dict[str, Any] = _EMPTY
+    old_health = state["health"]
+    if traits:
+        if etype == "group":
+            # Segment group traits describe the company: file them under company.*
+            traits = {k if k.startswith("company") else f"company.{k}": v for k, v in traits.items()}
+        changed = _merge_traits(state, traits, ts)
+        if changed:
+            _recompute_profile(state, model)
+
+    rules = model.by_signal.get(signal)
+    if rules:
+        lateness = model.lateness
+        for rid, points, k, cap, window, where in rules:
+            if where is not None and not where(props):
+                continue
+            entry = b.get(rid)
+            before = _term(entry, k, ts) if entry is not None else 0.0
+            _add(b, rid, ts, points, k, cap, window, lateness)
+            # After _add the rule's reference is >= ts, and reads before ref do not grow.
+            decayed += b[rid][1] - before
+
+    score = _score(state["fit"], decayed + state["penalty"], model)
+    decisions: list[dict[str, Any]] = []
+
+    # Suppression first: it must win over every trigger decided in this same step.
+    flag_changed = False
+    sticky = model.suppress_events.get(signal)
+    if sticky:
+        flags = state["flags"]
+        for reason, where in sticky:
+            if where is None or where(props):
+                first = flags.get(reason)
+                if first is None or ts < first:
+                    flags[reason] = ts
+                    flag_changed = True
+    if flag_changed or changed:
+        old_reasons = state["suppressed"]
+        reasons = _suppression_reasons(state, model)
+        if reasons != old_reasons:
+            state["suppressed"] = reasons
+            if reasons and not old_reasons:
+                decisions.append(
+                    _fire(state, model, "suppress", ts, score, previous, model.band(score), _reason_list(reasons, state, ts))
+                )
+            elif old_reasons and not reasons:
+                decisions.append(
+                    _fire(
+                        state, model, "unsuppress", ts, score, previous, model.band(score),
+                        _reason_list(old_reasons, state, ts),
+                    )
+                )
+            if "customer" in reasons:
+                state["lead_state"] = "customer"
+            elif state["lead_state"] == "customer":
+                state["lead_state"] = "nurture"
+        if changed:
+            _lifecycle(state, model, changed, ts)
+    if etype == "sales_feedback":
+        _sales_feedback(state, props, ts)
+
+    suppressed = bool(state["suppressed"])
+    disarmed = state["disarmed"]
+    for ttype, level, rearm, cooldown, suppressible, sets_mql in model.thresholds:
+        if ttype in disarmed:
+            if previous < rearm or score < rearm:
+                del disarmed[ttype]
+            else:
+                continue
+        if score < level or (suppressible and suppressed):
+            continue
+        if sets_mql and state["lead_state"] != "nurture":
+            continue
+        last = state["last_fired"].get(ttype)
+        if last is not None and ts - last < cooldown:
+            continue
+        disarmed[ttype] = ts
+        if sets_mql:
+            state["lead_state"] = "mql"
+            state["mql_at"] = ts
+        decisions.append(_fire(state, model, ttype, ts, score, previous, model.band(score)))
+
+    routes = model.routing.get(signal)
+    if routes:
+        fit = min(model.fit_max, state["fit"] * model.fit_scale)
+        for ttype, where, min_fit, min_score, cooldown, suppressible in routes:
+            if where is not None and not where(props):
+                continue
+            if fit < min_fit or score < min_score or (suppressible and suppressed):
+                continue
+            last = state["last_fired"].get(ttype)
+            if last is not None and ts - last < cooldown:
+                continue
+            decisions.append(_fire(state, model, ttype, ts, score, previous, model.band(score)))
+
+    health = state["health"]
+    if health is not old_health and health is not None and health[1] == model.health_red:
+        if old_health is None or old_health[1] != model.health_red:
+            decisions.append(
+                _fire(
+                    state, model, model.health_trigger, ts, health[0],
+                    old_health[0] if old_health is not None else health[0], health[1],
+                    [{"signal": f"health.{name}", "points": _num(state["traits"].get(trait)), "at": ts}
+                     for name, trait, _ in model.health_components],
+                )
+            )
+
+    if ts > state["updated_at"]:
+        state["updated_at"] = ts
+    return decisions
+
+
+def _num(value: Any) -> float:
+    x = normalize.number(value)
+    return round(x, 2) if x is not None else 0.0
+
+
+def _reason_list(reasons: list[str], state: dict[str, Any], ts: int) -> list[dict[str, Any]]:
+    flags = state["flags"]
+    return [{"signal": f"suppression.{r}", "points": 0.0, "at": flags.get(r, ts)} for r in reasons]
+
+
+def _lifecycle(state: dict[str, Any], model: CompiledModel, changed: dict[str, Any], ts: int) -> None:
+    if model.lifecycle_trait not in changed or state["lead_state"] == "customer":
+        return
+    stage = normalize.text(changed[model.lifecycle_trait])
+    if stage in model.lifecycle_sql and state["lead_state"] in ("nurture", "mql"):
+        state["lead_state"] = "sql"
+        state["sql_at"] = ts
+    elif stage in model.lifecycle_nurture and state["lead_state"] in ("mql", "sql"):
+        state["lead_state"] = "nurture"
+        state["rejection"] = {"reason": stage, "at": ts}
+
+
+def _sales_feedback(state: dict[str, Any], props: dict[str, Any], ts: int) -> None:
+    if state["lead_state"] == "customer":
+        return
+    decision = normalize.text(props.get("decision"))
+    if decision in ("accept", "accepted"):
+        state["lead_state"] = "sql"
+        state["sql_at"] = ts
+    elif decision in ("reject", "rejected"):
+        state["lead_state"] = "nurture"
+        reason = props.get("reason")
+        state["rejection"] = {"reason": str(reason) if reason is not None else None, "at": ts}
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def contributions(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[dict[str, Any]]:
+    """Every non-zero contribution on the 0-100 scale (before the fit/behaviour clips), largest first."""
+    out: list[dict[str, Any]] = []
+    for category, (label, points, path) in state["fit_detail"].items():
+        out.append(
+            {
+                "signal": f"fit.{category}={label}",
+                "points": round(points * model.fit_scale, 2),
+                "at": state["trait_ts"].get(path, 0),
+            }
+        )
+    for pid, points in state["penalty_detail"].items():
+        out.append({"signal": pid, "points": round(points * model.beh_scale, 2), "at": _penalty_at(state, model, pid)})
+    for rid, entry in state["b"].items():
+        k = model.rule_k.get(rid)
+        if k is None:
+            continue
+        value = _term(entry, k, now_ms) * model.beh_scale
+        if abs(value) >= 0.005:
+            out.append({"signal": rid, "points": round(value, 2), "at": entry[0]})
+    out.sort(key=lambda r: (-r["points"], -r["at"], r["signal"]))
+    return out
+
+
+def _penalty_at(state: dict[str, Any], model: CompiledModel, pid: str) -> int:
+    for other, fields, _, _ in model.penalties:
+        if other == pid:
+            return max((state["trait_ts"].get(f, 0) for f in fields), default=0)
+    return 0
+
+
+def top_reasons(state: dict[str, Any], model: CompiledModel, now_ms: int, n: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` largest current contributions: ``[{"signal", "points", "at"}]``."""
+    return contributions(state, model, now_ms)[:n]
+
+
+def lead_state(state: dict[str, Any]) -> str:
+    return "customer" if "customer" in state["suppressed"] else state["lead_state"]
+
+
+def view(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, Any]:
+    """The read model for GET /v1/contacts/{id}, as of ``now_ms``."""
+    fit = min(model.fit_max, state["fit"] * model.fit_scale)
+    beh_raw = _beh_decayed(state["b"], model.rule_k, now_ms) + state["penalty"]
+    behaviour = min(model.beh_max, beh_raw * model.beh_scale)
+    score = _score(state["fit"], beh_raw, model)
+    health = state.get("health")
+    return {
+        "contact_id": state["contact_id"],
+        "score": score,
+        "fit": round(fit, 2),
+        "behaviour": round(behaviour, 2),
+        "band": model.band(score),
+        "state": lead_state(state),
+        "suppressed": bool(state["suppressed"]),
+        "suppression_reasons": list(state["suppressed"]),
+        "rules_version": model.version,
+        "reasons": top_reasons(state, model, now_ms, 5),
+        "traits": dict(state["traits"]),
+        "updated_at": state["updated_at"],
+        "mql_at": state["mql_at"],
+        "sql_at": state["sql_at"],
+        "rejection": state["rejection"],
+        "health": {"score": health[0], "band": health[1], "rules_version": model.health_version} if health else None,
+    }
+
+
+# --- identity stitching -------------------------------------------------------------------
+
+
+def merge_state(into: dict[str, Any], other: dict[str, Any], model: CompiledModel) -> None:
+    """Fold ``other`` (e.g. an anonymous visitor) into ``into`` in place.
+
+    Behaviour accumulators are added exactly (both brought to the later reference time,
+    windows merged by index, caps re-applied to the merged windows), traits merge
+    latest-by-event-time, sticky flags keep the earliest time, trigger bookkeeping keeps the
+    furthest state. The merged scores therefore do not depend on which state is ``into``
+    nor on the order several states are merged in. Triggers are decided at the next event.
+    """
+    lateness = model.lateness
+    for rid, theirs in other["b"].items():
+        mine = into["b"].get(rid)
+        if mine is None:
+            into["b"][rid] = json.loads(json.dumps(theirs))
+            continue
+        k = model.rule_k.get(rid) or 0.0
+        rule = model.rules.get(rid)
+        cap = float(rule.cap.points) if rule is not None and rule.cap else 0.0
+        window = int(rule.cap.window) if rule is not None and rule.cap else 0
+        ref = max(mine[0], theirs[0])
+        fm = exp((mine[0] - ref) * k) if k else 1.0
+        ft = exp((theirs[0] - ref) * k) if k else 1.0
+        mine[0] = ref
+        mine[3] += theirs[3]
+        mine[5] += theirs[5]
+        if not cap or mine[4] is None or theirs[4] is None:
+            mine[1] = mine[1] * fm + theirs[1] * ft
+            mine[2] = mine[2] * fm + theirs[2] * ft
+            continue
+        windows = {key: [w[0], w[1] * fm] for key, w in mine[4].items()}
+        for key, (size, decayed) in theirs[4].items():
+            w = windows.setdefault(key, [0.0, 0.0])
+            w[0] += size
+            w[1] += decayed * ft
+        closed = mine[2] * fm + theirs[2] * ft
+        for key in [key for key in windows if (int(key) + 1) * window + lateness <= ref]:
+            size, decayed = windows.pop(key)
+            closed += decayed if size <= cap else decayed * cap / size
+        mine[2] = closed
+        mine[4] = windows
+        mine[1] = closed + sum(d if s <= cap else d * cap / s for s, d in windows.values())
+
+    for path, ts in other["trait_ts"].items():
+        _merge_traits(into, {path: other["traits"].get(path)}, ts)  # flat paths merge as themselves
+    for reason, ts in other["flags"].items():
+        if reason not in into["flags"] or ts < into["flags"][reason]:
+            into["flags"][reason] = ts
+    for ttype, ts in other["disarmed"].items():
+        into["disarmed"][ttype] = max(ts, into["disarmed"].get(ttype, ts))
+    for ttype, ts in other["last_fired"].items():
+        into["last_fired"][ttype] = max(ts, into["last_fired"].get(ttype, ts))
+    for ttype, n in other["fired"].items():
+        into["fired"][ttype] = max(n, into["fired"].get(ttype, 0))
+    if _LEAD_RANK.get(other["lead_state"], 0) > _LEAD_RANK.get(into["lead_state"], 0):
+        into["lead_state"] = other["lead_state"]
+    for key in ("mql_at", "sql_at"):
+        if other[key] is not None and (into[key] is None or other[key] < into[key]):
+            into[key] = other[key]
+    if other["rejection"] and (not into["rejection"] or other["rejection"]["at"] > into["rejection"]["at"]):
+        into["rejection"] = dict(other["rejection"])
+    into["updated_at"] = max(into["updated_at"], other["updated_at"])
+    _recompute_profile(into, model)
+    if into["health"] is None and other["health"] is not None:
+        into["health"] = list(other["health"])
+    into["suppressed"] = _suppression_reasons(into, model)
+
+
+__all__ = [
+    "apply_event",
+    "contributions",
+    "lead_state",
+    "merge_state",
+    "new_state",
+    "score_at",
+    "top_reasons",
+    "trigger_id",
+    "view",
+]

@@ -1,0 +1,83 @@
+"""Value normalisation for trait and property matching (text, numbers, countries, email domains).
+
+Marketing data is messy: "Prof.", "PROFESSOR of Psychology", "United Kingdom", "uk",
+"1,000+" and "Jane@Example.COM" must all match the rules a person wrote. Everything that
+turns a raw trait value into the comparable form lives here, so the model compiler and
+the explain output agree on it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_NON_WORD = re.compile(r"[^\w+]+")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+# Common country spellings -> ISO 3166 alpha-2. Two-letter codes pass through upper-cased.
+COUNTRY_ALIASES = {
+    "united states": "US", "united states of america": "US", "usa": "US", "u s a": "US", "u s": "US",
+    "america": "US", "canada": "CA", "united kingdom": "GB", "uk": "GB", "u k": "GB", "great britain": "GB",
+    "britain": "GB", "england": "GB", "scotland": "GB", "wales": "GB", "northern ireland": "GB",
+    "germany": "DE", "deutschland": "DE", "france": "FR", "netherlands": "NL", "the netherlands": "NL",
+    "holland": "NL", "australia": "AU", "ireland": "IE", "new zealand": "NZ", "sweden": "SE",
+    "denmark": "DK", "norway": "NO", "finland": "FI", "switzerland": "CH", "austria": "AT",
+    "belgium": "BE", "spain": "ES", "italy": "IT", "portugal": "PT", "poland": "PL", "india": "IN",
+    "brazil": "BR", "mexico": "MX", "japan": "JP", "china": "CN", "singapore": "SG",
+    "south africa": "ZA", "israel": "IL",
+}
+
+
+def text(value: Any) -> str | None:
+    """Lower case, punctuation to single spaces: "Prof. (Psychology)" -> "prof psychology"."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    out = _NON_WORD.sub(" ", str(value).lower()).strip()
+    return out or None
+
+
+def number(value: Any) -> float | None:
+    """Numbers and numeric strings ("1,000+", "100-999" -> lower bound 100)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _NUMBER.search(str(value).replace(",", "").replace("_", ""))
+    return float(match.group()) if match else None
+
+
+def country(value: Any) -> str | None:
+    norm = text(value)
+    if norm is None:
+        return None
+    if norm in COUNTRY_ALIASES:
+        return COUNTRY_ALIASES[norm]
+    if len(norm) == 2 and norm.isalpha():
+        return norm.upper()
+    return norm.upper()
+
+
+def email_domain(value: Any) -> str | None:
+    if not isinstance(value, str) or "@" not in value:
+        return None
+    domain = value.rsplit("@", 1)[1].strip().lower().rstrip(".")
+    return domain or None
+
+
+NORMALISERS = {"text": text, "number": number, "country": country, "email_domain": email_domain}
+
+
+def flatten(traits: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested trait dicts to dotted paths: {"company": {"industry": x}} -> {"company.industry": x}.
+
+    Flat keys that already contain dots ("company.industry") land on the same path, so the
+    two spellings Segment clients use are one trait inside leadpulse. Lists are leaves.
+    """
+    out: dict[str, Any] = {}
+    for key, value in traits.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
