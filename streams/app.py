@@ -1,0 +1,190 @@
+"""The faust application: topics, the ``contacts`` table and the ``score`` agent.
+
+The agent takes batches of records (``stream.take_events``) with concurrency 1 per
+partition set, hands them to :class:`streams.processor.BatchProcessor` and then does
+the I/O in an order that makes crashes harmless:
+
+1. triggers to ``leadpulse-triggers`` and bad events to ``leadpulse-dlq``, awaiting
+   broker acks;
+2. the read side (``publish`` hook: Redis contact hashes and the trigger stream,
+   idempotent by trigger id);
+3. contact records to the table's changelog, once per contact per batch;
+4. the batch is acked; faust flushes the producer before committing offsets.
+
+A crash before step 3 replays the batch, which recomputes the same triggers with
+the same deterministic ids (the sinks drop the repeats); a crash after it finds the
+positions already applied and applies nothing twice.
+
+The I/O around Redis and the sinks is injected (``publish``), so streams/ stays free
+of connectors and the agent can run under faust's test context.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import faust
+import orjson
+from faust.sensors.monitor import Monitor
+
+from streams.processor import BatchOutcome, BatchProcessor, StreamLimits
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[BatchOutcome], Awaitable[None]]
+Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+class QuietMonitor(Monitor):
+    """faust's Monitor keeps per-event statistics we do not read; skip that work."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:  # noqa: D102
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:  # noqa: D102
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:  # noqa: D102
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:  # noqa: D102
+        return None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What the stream layer needs from the settings (see ops.settings.Settings)."""
+
+    app_id: str
+    broker_url: str
+    events_topic: str
+    triggers_topic: str
+    dlq_topic: str
+    partitions: int
+    batch_max: int
+    batch_within_ms: int
+    session_timeout_ms: int
+    data_dir: str
+    limits: StreamLimits
+
+    @classmethod
+    def from_settings(cls, settings: Any, broker_url: str) -> "StreamConfig":
+        return cls(
+            app_id=settings.app_id,
+            broker_url=broker_url,
+            events_topic=settings.events_topic,
+            triggers_topic=settings.triggers_topic,
+            dlq_topic=settings.dlq_topic,
+            partitions=settings.partitions,
+            batch_max=settings.batch_max,
+            batch_within_ms=settings.batch_within,
+            session_timeout_ms=settings.session_timeout,
+            data_dir=str(settings.data_dir),
+            limits=StreamLimits(
+                late_limit_ms=settings.late_limit,
+                future_skew_ms=settings.future_skew,
+                dedupe_window_ms=settings.dedupe_window,
+            ),
+        )
+
+
+class ScoreApp:
+    """Builds and owns the faust app; ``publish`` receives every batch outcome."""
+
+    def __init__(
+        self, config: StreamConfig, model: Any, publish: Publish, metrics: Any = None, deliver: Deliver | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.publish = publish
+        brokers = [f"kafka://{host.strip()}" for host in config.broker_url.split(",") if host.strip()]
+        self.app = faust.App(
+            config.app_id,
+            broker=brokers,
+            store="memory://",
+            web_enabled=False,
+            datadir=config.data_dir,
+            topic_partitions=config.partitions,
+            topic_replication_factor=1,
+            broker_session_timeout=config.session_timeout_ms / 1000,
+            broker_heartbeat_interval=min(1.0, config.session_timeout_ms / 3000),
+            broker_rebalance_timeout=max(10.0, config.session_timeout_ms / 1000 * 2),
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger=0.002,
+            stream_buffer_maxsize=16_384,
+            Monitor=QuietMonitor,
+        )
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.events_topic = self.app.topic(config.events_topic, partitions=config.partitions, **raw)
+        self.triggers_topic = self.app.topic(config.triggers_topic, partitions=config.partitions, **raw)
+        self.dlq_topic = self.app.topic(config.dlq_topic, partitions=config.partitions, **raw)
+        self.contacts = self.app.Table("contacts", partitions=config.partitions, **raw)
+        self.processor = BatchProcessor(model, self._load, config.limits)
+        self.batches = 0
+        self.app.agent(self.events_topic, name="score", concurrency=1)(self._score)
+        self.deliver = deliver
+        if deliver is not None:
+            # Outbound sinks read the durable trigger topic, and a batch is acked only
+            # after the sinks delivered or dead-lettered it: a crash re-delivers, and the
+            # sinks' ledger drops the ids already sent.
+            self.app.agent(self.triggers_topic, name="deliver", concurrency=1)(self._deliver)
+
+    def set_model(self, model: Any) -> None:
+        self.processor.model = model
+
+    def _load(self, key: str) -> bytes | None:
+        return self.contacts.data.get(key.encode("utf-8"))
+
+    async def _score(self, stream: Any) -> None:
+        within = self.config.batch_within_ms / 1000
+        async for batch in stream.take_events(self.config.batch_max, within=within):
+            await self.handle([(e.message.partition, e.message.offset, e.value) for e in batch])
+
+    async def _deliver(self, stream: Any) -> None:
+        assert self.deliver is not None
+        async for batch in stream.take_events(500, within=0.05):
+            await self.deliver([orjson.loads(e.value) for e in batch])
+
+    async def handle(self, records: list[tuple[int, int, bytes]]) -> BatchOutcome:
+        started = time.perf_counter()
+        out = self.processor.process(records, int(time.time() * 1000))
+        acks = []
+        for trigger in out.triggers:
+            acks.append(await self.triggers_topic.send(key=trigger["contact_id"].encode(), value=orjson.dumps(trigger)))
+        for dead in out.dead_letters:
+            acks.append(await self.dlq_topic.send(value=orjson.dumps({**dead, "stage": "worker"})))
+        for ack in acks:
+            await ack
+        await self.publish(out)
+        store = self.contacts.data
+        key_partition = getattr(store, "_key_partition", None)
+        for partition, writes in out.writes.items():
+            for key, value in writes.items():
+                raw_key = key.encode("utf-8")
+                store[raw_key] = value
+                if key_partition is not None:
+                    key_partition[raw_key] = partition
+                self.contacts.send_changelog(partition, raw_key, value)
+        self.batches += 1
+        if self.metrics is not None:
+            self._observe(out, time.perf_counter() - started)
+        return out
+
+    def _observe(self, out: BatchOutcome, seconds: float) -> None:
+        m = self.metrics
+        m.batch_duration.observe(seconds)
+        m.batch_size.observe(out.events)
+        m.events_scored.inc(out.applied)
+        for source, count in out.duplicates.items():
+            m.events_duplicate.labels(source=source).inc(count)
+        for dead in out.dead_letters:
+            m.dlq.labels(reason=dead["code"]).inc()
+        for trigger in out.triggers:
+            m.triggers.labels(type=trigger["type"]).inc()
+        for latency_ms in out.trigger_latencies_ms:
+            m.event_to_trigger.observe(latency_ms / 1000)
+        m.contacts.set(len(self.contacts.data))
