@@ -125,7 +125,7 @@ def add_webhook_routes(
     receivers["/webhooks/mailgun"] = (
         MailgunReceiver(
             signing_key,
-            replay_guard=replay_guard or InMemoryReplayGuard(now_ms=clock),
+            replay_guard=replay_guard if replay_guard is not None else InMemoryReplayGuard(now_ms=clock),
             now_ms=clock,
             tolerance_ms=tolerance,
         )
