@@ -47,6 +47,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from connectors.webhooks.common import (
+    MAX_TS_MS,
     AuthFailure,
     ItemProblem,
     ItemRejected,
@@ -104,6 +105,8 @@ class _CrmBase(BaseModel):
         if isinstance(value, int):
             if value < MIN_EPOCH_MS:
                 raise ValueError("epoch milliseconds expected (this looks like seconds)")
+            if value >= MAX_TS_MS:
+                raise ValueError("not a plausible epoch time in milliseconds")
             return value
         if value.isdigit():
             return cls._to_ms(int(value))

@@ -235,7 +235,12 @@ class _Handler:
         events: list[dict[str, Any]] = []
         problems = list(outcome.problems)
         for event in outcome.events:
-            if len(orjson.dumps(event)) > self.max_event_bytes:
+            try:
+                size = len(orjson.dumps(event))
+            except TypeError as exc:  # orjson.JSONEncodeError: the broker could not carry it either
+                problems.append(ItemProblem(None, f"event {event['id'][:100]} is not serialisable: {exc}", "not_serialisable", None, repr(event)[:10_000]))
+                continue
+            if size > self.max_event_bytes:
                 problems.append(ItemProblem(None, f"event {event['id'][:100]} larger than {self.max_event_bytes} bytes", "too_large", None, event))
             else:
                 events.append(event)

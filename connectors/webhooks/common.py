@@ -17,6 +17,7 @@ Times are integer epoch milliseconds everywhere.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from streams.events import event_problem
 # so anything longer is garbage rather than a contact.
 MAX_EMAIL_CHARS = 320
 MAX_ID_CHARS = 512
+# Year 3000: event times beyond it are garbage, and they would overflow 64-bit JSON integers.
+MAX_TS_MS = 32_503_680_000_000
 
 _ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|z|[+-]\d{2}:?\d{2})?$")
 _FRACTION_RE = re.compile(r"\.(\d+)")
@@ -184,10 +187,10 @@ def seconds_to_ms(value: Any, field_name: str) -> int:
             value = float(value)
         else:
             raise ItemRejected(f"{field_name}: missing or not epoch seconds", field=field_name, code="missing_field")
-    ms = int(round(float(value) * 1000))
-    if ms <= 0:
-        raise ItemRejected(f"{field_name}: not a positive epoch time", field=field_name, code="invalid_field")
-    return ms
+    seconds = float(value)
+    if not math.isfinite(seconds) or not 0 < seconds * 1000 < MAX_TS_MS:
+        raise ItemRejected(f"{field_name}: not a plausible epoch time", field=field_name, code="invalid_field")
+    return int(round(seconds * 1000))
 
 
 def iso_to_ms(value: Any, field_name: str) -> int:
@@ -206,7 +209,7 @@ def iso_to_ms(value: Any, field_name: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     ms = int(parsed.timestamp() * 1000)
-    if ms <= 0:
+    if not 0 < ms < MAX_TS_MS:
         raise ItemRejected(f"{field_name}: not a positive epoch time", field=field_name, code="invalid_field")
     return ms
 
