@@ -74,6 +74,8 @@ def new_state(contact_id: str) -> dict[str, Any]:
         "penalty": 0.0,  # raw behaviour points from trait penalties (<= 0)
         "penalty_detail": {},  # penalty id -> raw points
         "b": {},  # behaviour rule id -> [ref_ts, value_at_ref, closed_at_ref, count, windows|None, late]
+        "g": {},  # half-life group -> [ref_ts, sum of its rules' values at ref, k]: fast score reads
+        "mv": None,  # model version the groups were built with (rebuilt when the model changes)
         "flags": {},  # sticky suppression reason -> earliest event time
         "suppressed": [],  # current suppression reasons, sorted
         "disarmed": {},  # threshold type -> event time it fired (absent = armed)
@@ -101,73 +103,108 @@ def _term(entry: list, k: float | None, t: int) -> float:
     return value
 
 
-def _beh_decayed(b: dict[str, list], rule_k: dict[str, float], t: int) -> float:
+def _rules_decayed(b: dict[str, list], rule_k: dict[str, float], t: int) -> float:
+    """Behaviour raw points at ``t`` summed rule by rule (the reference the group sums must match)."""
     total = 0.0
     for rid, entry in b.items():
-        value = entry[1]
+        k = rule_k.get(rid)
+        if k is not None:  # a rule no longer in the (reloaded) model contributes nothing
+            total += _term(entry, k, t)
+    return total
+
+
+def _groups_decayed(g: dict[str, list], t: int) -> float:
+    total = 0.0
+    for ref, value, k in g.values():
         if value:
-            k = rule_k.get(rid)
-            if k is None:  # rule no longer in the (reloaded) model: contributes nothing
-                continue
-            if k:
-                dt = t - entry[0]
-                if dt > 0:
-                    value *= exp(-dt * k)
+            if k and t > ref:
+                value *= exp((ref - t) * k)
             total += value
     return total
 
 
-def _add(b: dict[str, list], rid: str, ts: int, points: float, k: float, cap: float, window: int, lateness: int) -> None:
-    """Fold one event's points into a rule accumulator (see the module docstring)."""
-    entry = b.get(rid)
-    if entry is None:
-        if cap:
-            size = abs(points)
-            value = points if size <= cap else points * cap / size
-            b[rid] = [ts, value, 0.0, 1, {str(ts // window): [size, float(points)]}, 0]
-        else:
-            b[rid] = [ts, float(points), 0.0, 1, None, 0]
-        return
+def _rebuild_groups(state: dict[str, Any], model: CompiledModel) -> None:
+    """Recompute the per-half-life running sums from the rule accumulators (after a model change or merge)."""
+    groups: dict[str, list] = {}
+    for rid, entry in state["b"].items():
+        key = model.rule_group.get(rid)
+        if key is None:
+            continue
+        k = model.rule_k[rid]
+        grp = groups.get(key)
+        if grp is None:
+            groups[key] = [entry[0], entry[1], k]
+            continue
+        if entry[0] > grp[0]:
+            if k:
+                grp[1] *= exp((grp[0] - entry[0]) * k)
+            grp[0] = entry[0]
+        grp[1] += entry[1] * exp((entry[0] - grp[0]) * k) if k else entry[1]
+    state["g"] = groups
+    state["mv"] = model.version
+
+
+def _capped(size: float, decayed: float, cap: float) -> float:
+    return decayed if size <= cap else decayed * cap / size
+
+
+def _add(entry: list, ts: int, points: float, k: float, cap: float, window: int, lateness: int) -> None:
+    """Fold one event's points into an existing rule accumulator (see the module docstring)."""
     ref = entry[0]
-    advanced = ts > ref
-    if advanced:
+    if ts > ref:
         factor = exp((ref - ts) * k) if k else 1.0
         entry[0] = ts
         delta = points
     else:
         factor = 1.0
         delta = points * exp((ts - ref) * k) if (k and ts < ref) else points
+    entry[3] += 1
     if not cap:
         entry[1] = entry[1] * factor + delta
-        entry[3] += 1
         return
-    windows = entry[4]
+    windows = entry[4]  # [[window index, raw size, decayed at ref], ...] oldest first
     if factor != 1.0:
         entry[2] *= factor
-        for w in windows.values():
-            w[1] *= factor
+        for w in windows:
+            w[2] *= factor
     newest = entry[0]
-    if advanced:
-        # Windows that can no longer receive events (within allowed lateness) are folded.
-        for key in [key for key in windows if (int(key) + 1) * window + lateness <= newest]:
-            size, decayed = windows.pop(key)
-            entry[2] += decayed if size <= cap else decayed * cap / size
     idx = ts // window
+    if windows and (windows[0][0] + 1) * window + lateness <= newest:
+        # Windows that can no longer receive events (within allowed lateness) are folded.
+        while windows and (windows[0][0] + 1) * window + lateness <= newest:
+            _, size, decayed = windows.pop(0)
+            entry[2] += _capped(size, decayed, cap)
     if (idx + 1) * window + lateness <= newest:
         entry[5] += 1  # too late for a closed window: documented to count 0
+        entry[1] = entry[2] + sum(_capped(w[1], w[2], cap) for w in windows)
         return
-    key = str(idx)
-    w = windows.get(key)
-    if w is None:
-        windows[key] = [abs(points), delta]
+    size = points if points > 0 else -points
+    if windows and windows[-1][0] == idx:
+        w = windows[-1]
+        w[1] += size
+        w[2] += delta
     else:
-        w[0] += abs(points)
-        w[1] += delta
+        for pos, w in enumerate(windows):
+            if w[0] == idx:
+                w[1] += size
+                w[2] += delta
+                break
+            if w[0] > idx:
+                windows.insert(pos, [idx, size, delta])
+                break
+        else:
+            windows.append([idx, size, delta])
     total = entry[2]
-    for size, decayed in windows.values():
+    for _, size, decayed in windows:
         total += decayed if size <= cap else decayed * cap / size
     entry[1] = total
-    entry[3] += 1
+
+
+def _new_entry(ts: int, points: float, cap: float, window: int) -> list:
+    if not cap:
+        return [ts, float(points), 0.0, 1, None, 0]
+    size = points if points > 0 else -points
+    return [ts, points if size <= cap else points * cap / size, 0.0, 1, [[ts // window, size, float(points)]], 0]
 
 
 def _score(fit_raw: float, beh_raw: float, model: CompiledModel) -> float:
@@ -186,9 +223,9 @@ def _score(fit_raw: float, beh_raw: float, model: CompiledModel) -> float:
 
 
 def score_at(state: dict[str, Any], model: CompiledModel, t: int) -> float:
-    """The exact (unrounded) 0-100 score as of ``t``; views and decisions round it to 2 decimals."""
+    """The exact (unrounded) 0-100 score as of ``t``, summed rule by rule; decisions round it to 2 decimals."""
     fit = min(model.fit_max, state["fit"] * model.fit_scale)
-    beh = min(model.beh_max, (_beh_decayed(state["b"], model.rule_k, t) + state["penalty"]) * model.beh_scale)
+    beh = min(model.beh_max, (_rules_decayed(state["b"], model.rule_k, t) + state["penalty"]) * model.beh_scale)
     return min(100.0, max(0.0, fit + beh))
 
 
@@ -323,12 +360,20 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     signal = etype if etype != "track" else model.signal_of(event)
     props = event.get("properties") or _EMPTY
     b = state["b"]
-    rule_k = model.rule_k
+    if state["mv"] != model.version:
+        _rebuild_groups(state, model)
+    g = state["g"]
 
-    old_fit = state["fit"]
-    old_penalty = state["penalty"]
-    decayed = _beh_decayed(b, rule_k, ts)
-    previous = _score(old_fit, decayed + old_penalty, model)
+    # Behaviour raw points as of ts, before this event.
+    decayed = 0.0
+    for ref, value, k in g.values():
+        if value:
+            if k and ts > ref:
+                value *= exp((ref - ts) * k)
+            decayed += value
+    prev_decayed = decayed
+    prev_fit = state["fit"]
+    prev_penalty = state["penalty"]
 
     traits = event.get("traits")
     changed: dict[str, Any] = _EMPTY
@@ -344,16 +389,51 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     rules = model.by_signal.get(signal)
     if rules:
         lateness = model.lateness
-        for rid, points, k, cap, window, where in rules:
+        for rid, points, k, cap, window, where, gkey in rules:
             if where is not None and not where(props):
                 continue
             entry = b.get(rid)
-            before = _term(entry, k, ts) if entry is not None else 0.0
-            _add(b, rid, ts, points, k, cap, window, lateness)
-            # After _add the rule's reference is >= ts, and reads before ref do not grow.
-            decayed += b[rid][1] - before
+            if entry is None:
+                entry = b[rid] = _new_entry(ts, points, cap, window)
+                old_value = 0.0
+                old_ref = ts
+            else:
+                old_value = entry[1]
+                old_ref = entry[0]
+                _add(entry, ts, points, k, cap, window, lateness)
+            new_ref = entry[0]
+            grp = g.get(gkey)
+            if grp is None:
+                g[gkey] = [new_ref, entry[1], k]
+                decayed += entry[1]
+                continue
+            group_ref = grp[0]
+            value = grp[1]
+            before = value * exp((group_ref - ts) * k) if (k and ts > group_ref) else value
+            if new_ref > group_ref:
+                if k:
+                    value *= exp((group_ref - new_ref) * k)
+                grp[0] = group_ref = new_ref
+            if k:
+                value += entry[1] * (exp((new_ref - group_ref) * k) if new_ref != group_ref else 1.0)
+                value -= old_value * (exp((old_ref - group_ref) * k) if old_ref != group_ref else 1.0)
+            else:
+                value += entry[1] - old_value
+            grp[1] = value
+            # The group's reference is now >= ts, and reads before the reference do not grow.
+            decayed += value - before
 
-    score = _score(state["fit"], decayed + state["penalty"], model)
+    # score = clip(min(fit_max, fit_raw * fit_scale) + min(beh_max, beh_raw * beh_scale), 0, 100), inlined.
+    fit = state["fit"] * model.fit_scale
+    if fit > model.fit_max:
+        fit = model.fit_max
+    beh = (decayed + state["penalty"]) * model.beh_scale
+    if beh > model.beh_max:
+        beh = model.beh_max
+    score = fit + beh
+    score = 0.0 if score < 0.0 else (100.0 if score > 100.0 else round(score, 2))
+    previous = -1.0  # computed only when a decision needs it
+
     decisions: list[dict[str, Any]] = []
 
     # Suppression first: it must win over every trigger decided in this same step.
@@ -372,6 +452,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
         reasons = _suppression_reasons(state, model)
         if reasons != old_reasons:
             state["suppressed"] = reasons
+            previous = _score(prev_fit, prev_decayed + prev_penalty, model)
             if reasons and not old_reasons:
                 decisions.append(
                     _fire(state, model, "suppress", ts, score, previous, model.band(score), _reason_list(reasons, state, ts))
@@ -392,14 +473,16 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     if etype == "sales_feedback":
         _sales_feedback(state, props, ts)
 
-    suppressed = bool(state["suppressed"])
+    suppressed = state["suppressed"]
     disarmed = state["disarmed"]
     for ttype, level, rearm, cooldown, suppressible, sets_mql in model.thresholds:
         if ttype in disarmed:
-            if previous < rearm or score < rearm:
-                del disarmed[ttype]
-            else:
-                continue
+            if score >= rearm:
+                if previous < 0.0:
+                    previous = _score(prev_fit, prev_decayed + prev_penalty, model)
+                if previous >= rearm:
+                    continue
+            del disarmed[ttype]
         if score < level or (suppressible and suppressed):
             continue
         if sets_mql and state["lead_state"] != "nurture":
@@ -411,6 +494,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
         if sets_mql:
             state["lead_state"] = "mql"
             state["mql_at"] = ts
+        if previous < 0.0:
+            previous = _score(prev_fit, prev_decayed + prev_penalty, model)
         decisions.append(_fire(state, model, ttype, ts, score, previous, model.band(score)))
 
     routes = model.routing.get(signal)
@@ -424,19 +509,22 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             last = state["last_fired"].get(ttype)
             if last is not None and ts - last < cooldown:
                 continue
+            if previous < 0.0:
+                previous = _score(prev_fit, prev_decayed + prev_penalty, model)
             decisions.append(_fire(state, model, ttype, ts, score, previous, model.band(score)))
 
-    health = state["health"]
-    if health is not old_health and health is not None and health[1] == model.health_red:
-        if old_health is None or old_health[1] != model.health_red:
-            decisions.append(
-                _fire(
-                    state, model, model.health_trigger, ts, health[0],
-                    old_health[0] if old_health is not None else health[0], health[1],
-                    [{"signal": f"health.{name}", "points": _num(state["traits"].get(trait)), "at": ts}
-                     for name, trait, _ in model.health_components],
+    if changed:
+        health = state["health"]
+        if health is not old_health and health is not None and health[1] == model.health_red:
+            if old_health is None or old_health[1] != model.health_red:
+                decisions.append(
+                    _fire(
+                        state, model, model.health_trigger, ts, health[0],
+                        old_health[0] if old_health is not None else health[0], health[1],
+                        [{"signal": f"health.{name}", "points": _num(state["traits"].get(trait)), "at": ts}
+                         for name, trait, _ in model.health_components],
+                    )
                 )
-            )
 
     if ts > state["updated_at"]:
         state["updated_at"] = ts
@@ -524,7 +612,10 @@ def lead_state(state: dict[str, Any]) -> str:
 def view(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, Any]:
     """The read model for GET /v1/contacts/{id}, as of ``now_ms``."""
     fit = min(model.fit_max, state["fit"] * model.fit_scale)
-    beh_raw = _beh_decayed(state["b"], model.rule_k, now_ms) + state["penalty"]
+    if state["mv"] != model.version:
+        state = dict(state)  # reading must not mutate: rebuild the groups on a shallow copy
+        _rebuild_groups(state, model)
+    beh_raw = _groups_decayed(state["g"], now_ms) + state["penalty"]
     behaviour = min(model.beh_max, beh_raw * model.beh_scale)
     score = _score(state["fit"], beh_raw, model)
     health = state.get("health")
@@ -564,7 +655,7 @@ def merge_state(into: dict[str, Any], other: dict[str, Any], model: CompiledMode
     for rid, theirs in other["b"].items():
         mine = into["b"].get(rid)
         if mine is None:
-            into["b"][rid] = json.loads(json.dumps(theirs))
+            into["b"][rid] = json.loads(json.dumps(theirs))  # deep copy: states must not share lists
             continue
         k = model.rule_k.get(rid) or 0.0
         rule = model.rules.get(rid)
@@ -580,18 +671,22 @@ def merge_state(into: dict[str, Any], other: dict[str, Any], model: CompiledMode
             mine[1] = mine[1] * fm + theirs[1] * ft
             mine[2] = mine[2] * fm + theirs[2] * ft
             continue
-        windows = {key: [w[0], w[1] * fm] for key, w in mine[4].items()}
-        for key, (size, decayed) in theirs[4].items():
-            w = windows.setdefault(key, [0.0, 0.0])
-            w[0] += size
-            w[1] += decayed * ft
+        windows: dict[int, list] = {w[0]: [w[0], w[1], w[2] * fm] for w in mine[4]}
+        for idx, size, decayed in theirs[4]:
+            w = windows.setdefault(idx, [idx, 0.0, 0.0])
+            w[1] += size
+            w[2] += decayed * ft
         closed = mine[2] * fm + theirs[2] * ft
-        for key in [key for key in windows if (int(key) + 1) * window + lateness <= ref]:
-            size, decayed = windows.pop(key)
-            closed += decayed if size <= cap else decayed * cap / size
+        merged = []
+        for idx in sorted(windows):
+            w = windows[idx]
+            if (idx + 1) * window + lateness <= ref:
+                closed += _capped(w[1], w[2], cap)
+            else:
+                merged.append(w)
         mine[2] = closed
-        mine[4] = windows
-        mine[1] = closed + sum(d if s <= cap else d * cap / s for s, d in windows.values())
+        mine[4] = merged
+        mine[1] = closed + sum(_capped(w[1], w[2], cap) for w in merged)
 
     for path, ts in other["trait_ts"].items():
         _merge_traits(into, {path: other["traits"].get(path)}, ts)  # flat paths merge as themselves
@@ -616,6 +711,9 @@ def merge_state(into: dict[str, Any], other: dict[str, Any], model: CompiledMode
     if into["health"] is None and other["health"] is not None:
         into["health"] = list(other["health"])
     into["suppressed"] = _suppression_reasons(into, model)
+    if "customer" in into["suppressed"]:
+        into["lead_state"] = "customer"
+    _rebuild_groups(into, model)
 
 
 __all__ = [

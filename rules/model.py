@@ -117,6 +117,9 @@ def compile_where(where: dict[str, Any]) -> Predicate | None:
         return None
     checks: list[tuple[str, Predicate]] = []
     for key, spec in where.items():
+        if isinstance(spec, Matcher) and spec.prefix is not None and len(where) == 1:
+            # The common hot-path filter (page path prefix) gets a closure without generic dispatch.
+            return _prefix_where(key, spec.prefix)
         pred = compile_matcher(spec if isinstance(spec, Matcher) else Matcher(equals=spec), _property_norm)
         checks.append((key, pred))
 
@@ -130,6 +133,19 @@ def compile_where(where: dict[str, Any]) -> Predicate | None:
         return True
 
     return matches
+
+
+def _prefix_where(key: str, prefix: str | list[str]) -> Predicate:
+    prefixes = tuple(p.strip().lower() for p in ([prefix] if isinstance(prefix, str) else prefix) if p.strip())
+    from_url = key == "path"
+
+    def has_prefix(props: dict[str, Any]) -> bool:
+        value = props.get(key)
+        if value is None and from_url:
+            value = _path_from_url(props.get("url"))
+        return isinstance(value, str) and value.lower().startswith(prefixes)
+
+    return has_prefix
 
 
 def _path_from_url(url: Any) -> str | None:
@@ -170,18 +186,22 @@ class CompiledModel:
             norm = normalize.NORMALISERS[pen.normalize]
             self.penalties.append((pen.id, tuple(pen.fields), float(pen.points), compile_matcher(pen, norm)))
 
-        # signal -> tuple of (rule_id, points, k, cap_points or 0.0, window_ms or 0, where predicate or None)
+        # signal -> tuple of (rule_id, points, k, cap_points or 0.0, window_ms or 0, where predicate or None,
+        # decay group key). Rules sharing a half-life share one running sum in the state ("g").
         by_signal: dict[str, list[tuple]] = {}
         self.rule_k: dict[str, float] = {}
         self.rules: dict[str, BehaviourRule] = {}
+        self.rule_group: dict[str, str] = {}
         for rule in beh.rules + beh.negative_rules:
             k = math.log(2) / rule.half_life if rule.half_life else 0.0
             cap = float(rule.cap.points) if rule.cap else 0.0
             window = int(rule.cap.window) if rule.cap else 0
+            group = str(rule.half_life or 0)
             by_signal.setdefault(rule.signal, []).append(
-                (rule.id, float(rule.points), k, cap, window, compile_where(rule.where))
+                (rule.id, float(rule.points), k, cap, window, compile_where(rule.where), group)
             )
             self.rule_k[rule.id] = k
+            self.rule_group[rule.id] = group
             self.rules[rule.id] = rule
         self.by_signal: dict[str, tuple] = {s: tuple(v) for s, v in by_signal.items()}
 

@@ -209,7 +209,7 @@ class TraitPenalty(Matcher):
 class Behaviour(_Strict):
     weight: float = Field(60, gt=0, le=100)
     full_raw: float = Field(100, gt=0)
-    allowed_lateness: int = 30 * 86_400_000
+    allowed_lateness: int = 7 * 86_400_000
     rules: list[BehaviourRule] = Field(default_factory=list)
     negative_rules: list[BehaviourRule] = Field(default_factory=list)
     trait_penalties: list[TraitPenalty] = Field(default_factory=list)

@@ -1,0 +1,128 @@
+"""Micro-benchmark of the pure scoring function ``rules.engine.apply_event``.
+
+Generates synthetic normalised events (fixed seed) over many contacts, 60 days of event
+time with a little out-of-order jitter, builds every event and contact state up front, and
+times only the ``apply_event`` calls. Prints events/s, triggers and the mean state size.
+
+    python -m benchmarks.engine_bench [--events N] [--contacts N] [--seed N] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from rules import default_model, load_model
+from rules.engine import apply_event, new_state
+
+DAY = 86_400_000
+START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+# (type, weight, extra fields builder)
+_MIX: list[tuple[str, float]] = [
+    ("page_view", 38), ("email_open", 18), ("email_click", 7), ("time_on_site", 7), ("email_delivered", 5),
+    ("linkedin_engagement", 4), ("twitter_engagement", 3), ("track", 4), ("identify", 3),
+    ("whitepaper_download", 2.5), ("webinar_attended", 1.5), ("demo_request", 1.5), ("email_reply", 2),
+    ("crm_update", 1), ("email_bounce", 0.6), ("unsubscribe", 0.4), ("spam_report", 0.1), ("sales_feedback", 0.4),
+]
+_PATHS = ["/", "/pricing", "/features", "/blog/therapy-notes", "/careers", "/docs", "/about"]
+_TRACK = ["Demo Requested", "Whitepaper Downloaded", "Webinar Attended", "Time On Site", "Product Viewed"]
+_TITLES = ["Clinical Psychologist", "Professor of Psychology", "PhD Student", "Therapist", "Office Manager"]
+_INDUSTRIES = ["Higher Education", "Healthcare", "Private Practice", "Software", "Retail"]
+_COUNTRIES = ["US", "United Kingdom", "Canada", "Germany", "India", "France"]
+
+
+def generate(n: int, contacts: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    kinds = [k for k, _ in _MIX]
+    weights = [w for _, w in _MIX]
+    chosen = rng.choices(kinds, weights=weights, k=n)
+    span = 60 * DAY
+    events = []
+    for i, etype in enumerate(chosen):
+        # Mostly increasing event time with up to 10 minutes of jitter (late arrivals).
+        ts = START + (span * i) // n - rng.randrange(0, 600_000)
+        cid = f"c{rng.randrange(contacts)}"
+        traits: dict[str, Any] = {}
+        props: dict[str, Any] = {}
+        event: dict[str, Any] = {"id": f"e{i}", "type": etype, "contact_id": cid, "anonymous_id": None, "ts": ts,
+                                 "received_at": ts + 50, "source": "bench"}
+        if etype == "page_view":
+            props = {"path": rng.choice(_PATHS)}
+        elif etype == "time_on_site":
+            props = {"seconds": rng.randrange(10, 900)}
+        elif etype == "track":
+            event["name"] = rng.choice(_TRACK)
+        elif etype == "identify":
+            traits = {
+                "email": f"{cid}@{rng.choice(['uni.edu', 'gmail.com', 'clinic.org'])}",
+                "title": rng.choice(_TITLES),
+                "company": {"industry": rng.choice(_INDUSTRIES), "employee_count": rng.choice([5, 40, 300, 4000])},
+                "address": {"country": rng.choice(_COUNTRIES)},
+            }
+        elif etype == "crm_update":
+            traits = {"in_sales_conversation": rng.random() < 0.3, "lifecycle_stage": rng.choice(["lead", "opportunity"])}
+        elif etype == "email_bounce":
+            props = {"bounce_type": rng.choice(["hard", "soft", "soft"])}
+        elif etype == "sales_feedback":
+            props = {"decision": rng.choice(["accept", "reject"]), "reason": "timing"}
+        event["traits"] = traits
+        event["properties"] = props
+        events.append(event)
+    return events
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--contacts", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=1, help="runs over fresh states; the best is reported")
+    parser.add_argument("--rules", help="model file (default: the shipped default model)")
+    args = parser.parse_args(argv)
+
+    model = load_model(args.rules) if args.rules else default_model()
+    t0 = time.perf_counter()
+    events = generate(args.events, args.contacts, args.seed)
+    gen_s = time.perf_counter() - t0
+
+    best = None
+    for _ in range(max(1, args.repeat)):
+        states = {f"c{i}": new_state(f"c{i}") for i in range(args.contacts)}
+        pairs = [(states[e["contact_id"]], e) for e in events]
+        triggers = 0
+        start = time.perf_counter()
+        for state, event in pairs:
+            triggers += len(apply_event(state, event, model))
+        elapsed = time.perf_counter() - start
+        if best is None or elapsed < best[0]:
+            best = (elapsed, triggers, states)
+    elapsed, triggers, states = best
+    sample = list(states.values())[: min(2000, len(states))]
+    mean_state = sum(len(orjson.dumps(s)) for s in sample) / len(sample)
+
+    rows = [
+        ("model version", model.version),
+        ("events", f"{args.events:,}"),
+        ("contacts", f"{args.contacts:,}"),
+        ("generate (not timed)", f"{gen_s:.2f} s"),
+        ("apply_event time", f"{elapsed:.3f} s"),
+        ("events/s (one core)", f"{args.events / elapsed:,.0f}"),
+        ("us/event", f"{elapsed / args.events * 1e6:.2f}"),
+        ("triggers", f"{triggers:,}"),
+        ("mean state size (orjson)", f"{mean_state:,.0f} bytes"),
+        ("python", sys.version.split()[0]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
