@@ -550,7 +550,7 @@ def _lifecycle(state: dict[str, Any], model: CompiledModel, changed: dict[str, A
         state["sql_at"] = ts
     elif stage in model.lifecycle_nurture and state["lead_state"] in ("mql", "sql"):
         state["lead_state"] = "nurture"
-        state["rejection"] = {"reason": stage, "at": ts}
+        state["rejection"] = {"reason": str(changed[model.lifecycle_trait]), "at": ts}
 
 
 def _sales_feedback(state: dict[str, Any], props: dict[str, Any], ts: int) -> None:

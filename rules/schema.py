@@ -120,6 +120,9 @@ class Matcher(_Strict):
         if len(kinds) != 1:
             named = ", ".join("in" if k == "in_" else k for k in kinds) or "none"
             raise ValueError(f"give exactly one of equals, in, contains, regex, prefix, range (got {named})")
+        if self.in_ and any(isinstance(v, bool) for v in self.in_) and any(isinstance(v, str) for v in self.in_):
+            # YAML 1.1 reads bare NO / yes / off as booleans: the Norway problem.
+            raise ValueError("list mixes text and true/false; quote values such as 'NO' or 'yes'")
         return self
 
 
