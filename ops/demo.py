@@ -104,7 +104,7 @@ class Traffic:
         rng, calls = self.rng, []
         for _ in range(n):
             roll = rng.random()
-            if roll < 0.55 or not self.known:
+            if roll < 0.6 or not self.known:
                 visitor = {"anonymous_id": f"anon-{rng.randrange(5_000)}"}
                 path = rng.choice(PAGES)
                 calls.append(self.call("page", visitor, name=path.strip("/") or "Home", properties={"path": path}))
@@ -125,8 +125,11 @@ class Traffic:
     def next_batch(self, n: int) -> list[dict[str, Any]]:
         if len(self.eager) < 12 and self.rng.random() < 0.5:
             self.eager_journey(self.new_contact(eager=True))
-        if len(self.known) < 40:
-            self.new_contact()
+        # A growing audience: new people keep identifying, so attention spreads thin
+        # and only the genuinely engaged become hot.
+        if len(self.known) < 400:
+            for _ in range(3):
+                self.new_contact()
         scripted, self.script = self.script[:n], self.script[n:]
         return scripted + self.background(max(0, n - len(scripted)))
 
@@ -154,7 +157,7 @@ async def send_traffic(base_url: str, write_key: str, rate: float, stop: asyncio
 def format_trigger(trigger: dict[str, Any]) -> str:
     traits = (trigger.get("contact") or {}).get("traits") or {}
     who = traits.get("name") or trigger["contact_id"]
-    company = traits.get("company", {}).get("name") if isinstance(traits.get("company"), dict) else traits.get("company")
+    company = traits.get("company.name")
     reasons = ", ".join(f"{r['signal']} +{r['points']:g}" for r in trigger.get("reasons", [])[:3])
     when = datetime.fromtimestamp(trigger["emitted_at"] / 1000).strftime("%H:%M:%S")
     return (f"{when}  {trigger['type'].upper():<15} {who:<18.18} {('(' + company + ')') if company else '':<24.24} "

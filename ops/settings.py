@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     future_skew: Duration = Field(300_000, description="events further in the future than this go to the DLQ")
     dedupe_window: Duration = Field(7 * 86_400_000, description="how long event ids are remembered for dedupe")
     session_timeout: Duration = Field(6_000, description="consumer group session timeout")
+    fetch_max_wait: Duration = Field(100, description="longest a worker's fetch waits for data (bounds latency on Tansu)")
     max_event_bytes: int = Field(32 * 1024, description="largest accepted event (HTTP 413 above)")
     max_batch_bytes: int = Field(500 * 1024, description="largest accepted batch request (HTTP 413 above)")
     max_pending_events: int = Field(50_000, ge=1, description="collector backpressure bound: 429 above it")
@@ -154,3 +155,22 @@ def load_settings(**overrides: object) -> Settings:
             field = ".".join(str(p) for p in err["loc"]) or "?"
             lines.append(f"  LEADPULSE_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("\n".join(lines)) from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``LEADPULSE_*`` variables that rebuild ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}:{v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"LEADPULSE_{name.upper()}"] = str(value)
+    return env

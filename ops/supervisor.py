@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ops.embedded import EmbeddedError, EmbeddedServices, free_port
+from ops.settings import settings_env
 from streams.topics import ensure_topics
 
 
@@ -58,6 +59,7 @@ class Stack:
             self.worker_port = settings.worker_http_port or free_port()
             env = {
                 **os.environ,
+                **settings_env(settings),
                 "LEADPULSE_BROKER_URL": self.services.broker_url,
                 "LEADPULSE_REDIS_URL": self.services.redis_url,
                 "LEADPULSE_HTTP_PORT": str(self.http_port),

@@ -25,7 +25,7 @@ from streams.state import ContactRecord
 Loader = Callable[[str], "bytes | None"]
 
 # Traits copied onto triggers so alerts can say who the lead is without a lookup.
-TRIGGER_TRAITS = ("name", "first_name", "last_name", "email", "title", "company")
+TRIGGER_TRAITS = ("name", "first_name", "last_name", "email", "title", "company.name")
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,20 @@ def test_invalid_settings_give_one_readable_message(monkeypatch):
 def test_missing_rules_file_is_rejected(tmp_path):
     with pytest.raises(SettingsError, match="no such scoring model file"):
         load_settings(rules=str(tmp_path / "nope.yaml"), _env_file=None)
+
+
+def test_settings_env_rebuilds_the_same_settings(monkeypatch, tmp_path):
+    from pydantic import SecretStr
+
+    from ops.settings import settings_env
+
+    original = Settings(
+        _env_file=None, app_id="x1", topic_prefix="p1", partitions=3, lateness=2500, data_dir=tmp_path,
+        write_keys="a,b:rudder", webhook_urls="http://h/1,http://h/2", webhook_secret="whsec_c2VjcmV0", log_json=True,
+    )
+    for name, value in settings_env(original).items():
+        monkeypatch.setenv(name, value)
+    rebuilt = Settings(_env_file=None)
+    assert rebuilt.model_dump() == original.model_dump()
+    assert isinstance(rebuilt.webhook_secret, SecretStr)
+    assert rebuilt.webhook_secret.get_secret_value() == "whsec_c2VjcmV0"
