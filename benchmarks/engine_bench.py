@@ -1,8 +1,10 @@
 """Micro-benchmark of the pure scoring function ``rules.engine.apply_event``.
 
 Generates synthetic normalised events (fixed seed) over many contacts, 60 days of event
-time with a little out-of-order jitter, builds every event and contact state up front, and
-times only the ``apply_event`` calls. Prints events/s, triggers and the mean state size.
+time with a little out-of-order jitter, and keeps them as orjson bytes, as they arrive from
+the events topic. Events are decoded in chunks of 1,024 outside the timed region (so each
+event is fresh in the CPU cache, as in the worker right after decoding a record) and only
+the ``apply_event`` calls are timed. Prints events/s, triggers and the mean state size.
 
     python -m benchmarks.engine_bench [--events N] [--contacts N] [--seed N] [--repeat N]
 """
@@ -10,6 +12,7 @@ times only the ``apply_event`` calls. Prints events/s, triggers and the mean sta
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import sys
 import time
@@ -21,6 +24,7 @@ from rules import default_model, load_model
 from rules.engine import apply_event, new_state
 
 DAY = 86_400_000
+_CHUNK = 1024
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 # (type, weight, extra fields builder)
@@ -88,18 +92,21 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.rules) if args.rules else default_model()
     t0 = time.perf_counter()
-    events = generate(args.events, args.contacts, args.seed)
+    encoded = [orjson.dumps(e) for e in generate(args.events, args.contacts, args.seed)]
     gen_s = time.perf_counter() - t0
 
     best = None
     for _ in range(max(1, args.repeat)):
         states = {f"c{i}": new_state(f"c{i}") for i in range(args.contacts)}
-        pairs = [(states[e["contact_id"]], e) for e in events]
         triggers = 0
-        start = time.perf_counter()
-        for state, event in pairs:
-            triggers += len(apply_event(state, event, model))
-        elapsed = time.perf_counter() - start
+        elapsed = 0.0
+        for offset in range(0, len(encoded), _CHUNK):
+            chunk = [orjson.loads(raw) for raw in encoded[offset : offset + _CHUNK]]
+            pairs = [(states[e["contact_id"]], e) for e in chunk]
+            start = time.perf_counter()
+            for state, event in pairs:
+                triggers += len(apply_event(state, event, model))
+            elapsed += time.perf_counter() - start
         if best is None or elapsed < best[0]:
             best = (elapsed, triggers, states)
     elapsed, triggers, states = best
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ("events", f"{args.events:,}"),
         ("contacts", f"{args.contacts:,}"),
         ("generate (not timed)", f"{gen_s:.2f} s"),
+        ("gc", "enabled" if gc.isenabled() else "disabled"),
         ("apply_event time", f"{elapsed:.3f} s"),
         ("events/s (one core)", f"{args.events / elapsed:,.0f}"),
         ("us/event", f"{elapsed / args.events * 1e6:.2f}"),
