@@ -35,9 +35,10 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
     trigger_sink = RedisTriggerSink(redis, maxlen=settings.trigger_stream_maxlen)
 
     async def publish(out: BatchOutcome) -> None:
+        # Contact state first: whoever sees a trigger can then read the contact it names.
+        await state_writer.write(out.views, out.docs)
         if out.triggers:
             await trigger_sink.write(out.triggers)
-        await state_writer.write(out.views, out.docs)
 
     score: ScoreApp
 
