@@ -61,12 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("worker", help="run one scoring worker (needs LEADPULSE_BROKER_URL and LEADPULSE_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("collector", help="run the HTTP collector and read API").set_defaults(func=cmd_collector)
-    try:
-        from ops.rules_commands import add_rules_commands
-    except ImportError:
-        pass
-    else:
-        add_rules_commands(sub)
+    # Command groups that live in their own modules register themselves here.
+    for module, function in (("ops.rules_commands", "add_rules_commands"),
+                             ("ops.bench_commands", "add_bench_commands"),
+                             ("ops.verify_commands", "add_verify_commands")):
+        try:
+            register = getattr(__import__(module, fromlist=[function]), function)
+        except (ImportError, AttributeError):
+            continue
+        register(sub)
     return parser
 
 

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     postmark_webhook_user: str | None = Field(None, description="Basic-auth user expected on Postmark webhooks")
     postmark_webhook_password: SecretStr | None = Field(None, description="Basic-auth password expected on Postmark webhooks")
     ses_cert_dir: Path | None = Field(None, description="directory of pinned SNS signing certificates (PEM)")
+    ses_topic_arns: Annotated[list[str], NoDecode, BeforeValidator(_parse_csv)] = Field(
+        default_factory=list, description="SNS TopicArns accepted on /webhooks/ses (empty: any topic signed by a pinned certificate)"
+    )
+    webhook_tolerance: Duration = Field(300_000, description="largest clock difference accepted on signed ESP webhooks")
+    sns_max_age: Duration = Field(3_600_000, description="oldest SNS message Timestamp accepted (SNS retries resend it)")
 
     # --- outbound -------------------------------------------------------------------
     slack_webhook_url: SecretStr | None = Field(None, description="Slack incoming-webhook URL for hot-lead alerts")
