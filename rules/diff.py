@@ -129,6 +129,8 @@ def diff_models(old: CompiledModel, new: CompiledModel) -> list[str]:
     _diff_keyed(out, "suppression", sup_key(a.suppression), sup_key(b.suppression), durations)
     if a.lifecycle != b.lifecycle:
         _compare_fields(out, "lifecycle", a.lifecycle.model_dump(), b.lifecycle.model_dump())
+    if a.handoff != b.handoff:
+        _compare_fields(out, "handoff", a.handoff.model_dump(), b.handoff.model_dump(), frozenset({"sla"}))
 
     ha, hb = old.health_spec, new.health_spec
     if (ha is None) != (hb is None):

@@ -45,6 +45,70 @@ no suppressible trigger (mql, hot_lead, routing); ``suppress`` fires when the fi
 appears, ``unsuppress`` when the last one ends. Trigger ids are
 ``sha1(contact_id|type|ordinal)[:24]`` where ordinal counts that type's firings for the
 contact, so replaying the same events yields the same ids.
+
+Lead handoff and nurture exit
+-----------------------------
+Lead states: ``nurture -> mql`` (the mql threshold fires; ``mql_at`` recorded) ``-> sql``
+(``sales_feedback`` with decision accept, or a CRM lifecycle stage in ``lifecycle.sql``);
+``mql|sql -> nurture`` on a reject (the reason is kept in ``rejection``) or a
+``lifecycle.nurture`` stage; ``customer`` while the customer suppression holds. After a reject
+the mql threshold stays disarmed until the score has been below ``level - hysteresis``, and
+its cooldown applies, so a rejected lead is not re-offered at once.
+
+``nurture_exit`` (``handoff.nurture_exit``, on by default) fires when a contact leaves the
+nurture program, i.e. when ``lead_state == "nurture" and not suppressed`` turns false: it
+became mql (same step as the mql trigger, after it), sql or customer, or any suppression
+reason appeared (same step as ``suppress``, after it). It carries ``"to"``: the new lead state
+or ``"suppressed"``, and a first reason ``nurture_exit.<to>`` /
+``nurture_exit.suppressed.<reason>``. It fires once per exit: the contact must be back in
+nurture (rejected, recycled, unsuppressed while in nurture) before another one can fire; it
+is never suppressed (it *is* the message that emails stop). Ids follow the ordinal rule.
+
+Timers (the MQL handoff SLA)
+----------------------------
+When mql fires at event time ``t`` and ``handoff.sla`` is set, the state gets one timer
+``state["sla"] = {"due": t + sla, "mql": <mql ordinal>, "mql_trigger_id", "mql_at", "score"}``.
+The SLA is taken from the model at MQL time; a later model reload does not move the deadline.
+The timer is cancelled (set to None) at the end of any step after which the lead is no longer
+``mql`` or is suppressed: accept, reject, CRM stage change, customer, suppression (a contact
+that must not be contacted is not escalated). Otherwise it fires ``sla_breach`` once, with
+``trigger_id = trigger_id(contact, "sla_breach", <mql ordinal>)`` (one breach per MQL, the same
+id whoever fires it), ``event_ts = due``, ``score`` as of ``due``, ``previous_score`` = the MQL
+score, ``route`` = ``handoff.route``, ``mql_trigger_id``, ``mql_at`` and ``sla_due``. Firing
+consumes the timer. Timers fire in two ways, both on event time:
+
+* inside :func:`apply_event`, when an event of the contact has ``ts >= due``: the breach is
+  decided first (an answer stamped at or after the deadline is late), before the event;
+* from the stream layer's periodic tick, through :func:`due_triggers`.
+
+Contract for the stream layer (pure functions, no clock, no I/O)::
+
+    next_due(state, model) -> int | None
+        Epoch ms (event time) of the contact's next timer, None when it has none. A dict
+        lookup. Call it after every apply_event/merge_state/due_triggers that touched the
+        state and keep a per-partition index {due: contact keys} of the non-None answers;
+        the index is derivable from the stored states, so rebuild it from the table after a
+        restart or rebalance (timers live in the state, never in memory only).
+
+    due_triggers(state, model, now_ms) -> list[trigger dict]
+        Fires, in place, every timer with due <= now_ms and returns its triggers (today at
+        most one sla_breach). Returns [] and leaves the state untouched when nothing is due.
+        Afterwards next_due(state) is None or > now_ms. The caller must then, like for an
+        event batch: send the triggers to the triggers topic (key = contact id) and await the
+        acks, publish the view, and write the state (table + changelog); set "emitted_at" on
+        each trigger as for event triggers. If it crashes before the state write, the next
+        tick fires the same trigger with the same id again and the sinks drop the repeat.
+        Call it only for contacts owned by this worker (their partition is assigned), in the
+        same task/order as event processing for that partition, so a tick and an event never
+        interleave on one contact. now_ms is the event-time "now": wall clock, optionally
+        minus a grace (e.g. the reorder lateness) so that an answer sent just before the
+        deadline and still in flight is applied before the tick decides. An answer stamped
+        before the deadline that arrives after the breach fired still moves the lead
+        (accept -> sql), but cannot recall the breach.
+
+Replays: the timer is part of the state, so replaying events onto a stored state fires
+nothing twice (the stream layer skips applied positions) and replaying from scratch
+recomputes the same timer, the same breach and the same ids.
 """
 
 from __future__ import annotations
@@ -86,6 +150,8 @@ def new_state(contact_id: str) -> dict[str, Any]:
         "sql_at": None,
         "rejection": None,  # {"reason": str|None, "at": ts} of the last sales rejection
         "health": None,  # [score, band] from the health model
+        "sla": None,  # pending MQL handoff timer (see "Timers" in the module docstring) or None
+        "in_nurture": True,  # nurture membership last reported (nurture_exit fires when it turns false)
         "updated_at": 0,  # max event time applied
     }
 
@@ -359,6 +425,13 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     etype = event.get("type")
     signal = etype if etype != "track" else model.signal_of(event)
     props = event.get("properties") or _EMPTY
+    if "in_nurture" not in state:  # a state stored before timers existed: adopt its current membership
+        state["in_nurture"] = _in_nurture(state)
+        state["sla"] = None
+    # Event time has reached a pending deadline: the timer fires first, as of its due time, so
+    # an answer stamped at or after the deadline is late whether or not a tick ran before it.
+    sla = state["sla"]
+    early = _sla_breach(state, model) if sla is not None and sla["due"] <= ts else None
     b = state["b"]
     if state["mv"] != model.version:
         _rebuild_groups(state, model)
@@ -434,7 +507,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     score = 0.0 if score < 0.0 else (100.0 if score > 100.0 else round(score, 2))
     previous = -1.0  # computed only when a decision needs it
 
-    decisions: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = [early] if early is not None else []
 
     # Suppression first: it must win over every trigger decided in this same step.
     flag_changed = False
@@ -496,7 +569,17 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             state["mql_at"] = ts
         if previous < 0.0:
             previous = _score(prev_fit, prev_decayed + prev_penalty, model)
-        decisions.append(_fire(state, model, ttype, ts, score, previous, model.band(score)))
+        fired = _fire(state, model, ttype, ts, score, previous, model.band(score))
+        decisions.append(fired)
+        if sets_mql and model.sla_ms:
+            # One timer per MQL; its breach id is derived from this MQL's ordinal.
+            state["sla"] = {
+                "due": ts + model.sla_ms,
+                "mql": state["fired"][ttype],
+                "mql_trigger_id": fired["trigger_id"],
+                "mql_at": ts,
+                "score": score,
+            }
 
     routes = model.routing.get(signal)
     if routes:
@@ -526,9 +609,92 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                     )
                 )
 
+    _settle_lifecycle(state, model, ts, score, decisions)
+
     if ts > state["updated_at"]:
         state["updated_at"] = ts
     return decisions
+
+
+# --- nurture exit and timers ----------------------------------------------------------------
+
+
+def _in_nurture(state: dict[str, Any]) -> bool:
+    """In the nurture program: lead state nurture and no suppression reason."""
+    return state["lead_state"] == "nurture" and not state["suppressed"]
+
+
+def _settle_lifecycle(
+    state: dict[str, Any], model: CompiledModel, ts: int, score: float, decisions: list[dict[str, Any]]
+) -> None:
+    """End of a step: cancel a handoff timer that no longer applies, report a nurture exit."""
+    sla = state["sla"]
+    if sla is not None and (state["lead_state"] != "mql" or state["suppressed"]):
+        state["sla"] = None  # answered (accept/reject/CRM stage), became a customer, or suppressed
+    now_in = _in_nurture(state)
+    if state["in_nurture"] and not now_in and model.nurture_exit:
+        if state["suppressed"]:
+            to = "suppressed"
+            why = [{"signal": f"nurture_exit.suppressed.{r}", "points": 0.0, "at": state["flags"].get(r, ts)}
+                   for r in state["suppressed"]]
+        else:
+            to = lead_state(state)
+            why = [{"signal": f"nurture_exit.{to}", "points": 0.0, "at": ts}]
+        trigger = _fire(state, model, "nurture_exit", ts, score, score, model.band(score),
+                        why + top_reasons(state, model, ts, 3))
+        trigger["to"] = to
+        decisions.append(trigger)
+    state["in_nurture"] = now_in
+
+
+def _sla_breach(state: dict[str, Any], model: CompiledModel) -> dict[str, Any] | None:
+    """Consume the pending handoff timer; the ``sla_breach`` trigger if the lead still waits for sales."""
+    sla = state["sla"]
+    state["sla"] = None
+    if state["lead_state"] != "mql" or state["suppressed"]:
+        return None  # defensive: a step cancels such timers already
+    due = sla["due"]
+    score = round(score_at(state, model, due), 2)
+    fired = state["fired"]
+    fired["sla_breach"] = fired.get("sla_breach", 0) + 1
+    state["last_fired"]["sla_breach"] = due
+    contact_id = state["contact_id"]
+    reasons = [{"signal": "handoff.sla", "points": 0.0, "at": sla["mql_at"]}] + top_reasons(state, model, due, 3)
+    return {
+        # Derived from the MQL ordinal, not a breach counter: once per MQL, whoever fires it.
+        "trigger_id": trigger_id(contact_id, "sla_breach", sla["mql"]),
+        "type": "sla_breach",
+        "contact_id": contact_id,
+        "score": score,
+        "previous_score": sla["score"],
+        "band": model.band(score),
+        "reasons": reasons,
+        "rules_version": model.version,
+        "event_ts": due,
+        "route": model.sla_route,
+        "mql_trigger_id": sla["mql_trigger_id"],
+        "mql_at": sla["mql_at"],
+        "sla_due": due,
+    }
+
+
+def next_due(state: dict[str, Any], model: CompiledModel | None = None) -> int | None:
+    """Event time (epoch ms) at which :func:`due_triggers` has work for this contact, or None.
+
+    Pure and cheap (a dict lookup): call it after every change of the state and keep a
+    per-partition index ``due time -> contact keys`` of the non-None answers.
+    """
+    sla = state.get("sla")
+    return int(sla["due"]) if sla is not None else None
+
+
+def due_triggers(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[dict[str, Any]]:
+    """Fire the timers due at ``now_ms`` (in place) and return their triggers; see "Timers" above."""
+    sla = state.get("sla")
+    if sla is None or now_ms < sla["due"]:
+        return []
+    breach = _sla_breach(state, model)
+    return [breach] if breach is not None else []
 
 
 def _num(value: Any) -> float:
@@ -635,6 +801,7 @@ def view(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, 
         "mql_at": state["mql_at"],
         "sql_at": state["sql_at"],
         "rejection": state["rejection"],
+        "sla_due": next_due(state),
         "health": {"score": health[0], "band": health[1], "rules_version": model.health_version} if health else None,
     }
 
@@ -707,21 +874,32 @@ def merge_state(into: dict[str, Any], other: dict[str, Any], model: CompiledMode
     if other["rejection"] and (not into["rejection"] or other["rejection"]["at"] > into["rejection"]["at"]):
         into["rejection"] = dict(other["rejection"])
     into["updated_at"] = max(into["updated_at"], other["updated_at"])
+    mine, theirs = into.get("sla"), other.get("sla")
+    if theirs is not None and (mine is None or (theirs["due"], theirs["mql"]) < (mine["due"], mine["mql"])):
+        into["sla"] = dict(theirs)  # the earlier deadline (ties: the earlier MQL) wins, whichever side it came from
+    else:
+        into["sla"] = mine
+    # A side that already reported its nurture exit keeps the merged contact from reporting it again.
+    into["in_nurture"] = into.get("in_nurture", True) and other.get("in_nurture", True)
     _recompute_profile(into, model)
     if into["health"] is None and other["health"] is not None:
         into["health"] = list(other["health"])
     into["suppressed"] = _suppression_reasons(into, model)
     if "customer" in into["suppressed"]:
         into["lead_state"] = "customer"
+    if into["sla"] is not None and (into["lead_state"] != "mql" or into["suppressed"]):
+        into["sla"] = None
     _rebuild_groups(into, model)
 
 
 __all__ = [
     "apply_event",
     "contributions",
+    "due_triggers",
     "lead_state",
     "merge_state",
     "new_state",
+    "next_due",
     "score_at",
     "top_reasons",
     "trigger_id",

@@ -251,6 +251,11 @@ class CompiledModel:
         self.lifecycle_sql = frozenset(normalize.text(v) for v in spec.lifecycle.sql)
         self.lifecycle_nurture = frozenset(normalize.text(v) for v in spec.lifecycle.nurture)
 
+        # MQL handoff: SLA timer length (None = no timer), escalation route, nurture-exit trigger on/off.
+        self.sla_ms: int | None = spec.handoff.sla
+        self.sla_route: str = spec.handoff.route
+        self.nurture_exit: bool = spec.handoff.nurture_exit
+
         if health is not None:
             self.health_version: str | None = health.version
             self.health_components = tuple((c.name, c.trait, float(c.weight)) for c in health.components)

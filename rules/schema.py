@@ -312,6 +312,30 @@ class LifecycleMap(_Strict):
     nurture: list[str] = Field(default_factory=lambda: ["closed_lost", "recycled"])
 
 
+class Handoff(_Strict):
+    """The marketing -> sales handoff (DESIGN.md section 5).
+
+    ``sla``: how long sales has, from the MQL trigger (event time), to accept or reject
+    before an ``sla_breach`` trigger fires (null: no timer). ``route``: the escalation
+    route named on the breach trigger. ``nurture_exit``: emit a ``nurture_exit`` trigger
+    when a contact leaves nurture (see rules.engine).
+    """
+
+    sla: int | None = 4 * 3_600_000
+    route: str = Field("escalation", min_length=1)
+    nurture_exit: bool = True
+
+    @field_validator("sla", mode="before")
+    @classmethod
+    def _parse_sla(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        ms = _duration(value)
+        if ms <= 0:
+            raise ValueError("sla must be longer than 0 (write null for no SLA timer)")
+        return ms
+
+
 class ModelSpec(_Strict):
     """A lead scoring model file (rules/models/default.yaml is the reference)."""
 
@@ -326,6 +350,7 @@ class ModelSpec(_Strict):
     routing: list[RoutingRule] = Field(default_factory=list)
     suppression: list[SuppressionRule] = Field(default_factory=list)
     lifecycle: LifecycleMap = Field(default_factory=LifecycleMap)
+    handoff: Handoff = Field(default_factory=Handoff)
     health_model: str | None = None
 
     @field_validator("bands")

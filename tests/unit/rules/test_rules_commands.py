@@ -31,7 +31,7 @@ def copy_model(tmp_path, text: str, name: str = "new.yaml"):
 
 def test_validate_ok(capsys):
     assert cli("rules", "validate", str(DEFAULT_MODEL_PATH)) == 0
-    assert capsys.readouterr().out.startswith("ok: version 2026.11-seed-1")
+    assert capsys.readouterr().out.startswith("ok: version 2026.11-seed-2")
 
 
 def test_validate_bad_file_exits_1_with_located_errors(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_validate_bad_file_exits_1_with_located_errors(tmp_path, capsys):
 
 def test_diff_in_words(tmp_path, capsys):
     text = (
-        DEFAULT_TEXT.replace('version: "2026.11-seed-1"', 'version: "2026.12"')
+        DEFAULT_TEXT.replace('version: "2026.11-seed-2"', 'version: "2026.12"')
         .replace("{id: page_view, signal: page_view, points: 5,", "{id: page_view, signal: page_view, points: 7,")
         .replace("mql_threshold: 80", "mql_threshold: 75")
         .replace("{type: mql, score: 80, hysteresis: 10", "{type: mql, score: 75, hysteresis: 5")
@@ -59,7 +59,7 @@ def test_diff_in_words(tmp_path, capsys):
     assert cli("rules", "diff", str(DEFAULT_MODEL_PATH), str(new)) == 0
     out = capsys.readouterr().out
     for sentence in [
-        "version '2026.11-seed-1' -> '2026.12'",
+        "version '2026.11-seed-2' -> '2026.12'",
         "behaviour rule 'page_view': points 5 -> 7",
         "behaviour rule 'demo_request': half_life 30d -> 3w",
         "removed behaviour rule 'twitter_engagement'",
@@ -86,7 +86,7 @@ def test_explain_from_a_state_file(tmp_path, capsys):
     assert cli("rules", "explain", "c1", "--state-file", str(path), "--rules", str(DEFAULT_MODEL_PATH),
                "--at", str(T0 + 30 * DAY)) == 0
     out = capsys.readouterr().out
-    assert "contact c1" in out and "model 2026.11-seed-1" in out
+    assert "contact c1" in out and "model 2026.11-seed-2" in out
     assert "title         Psychologist      +20 raw = +10.00" in out
     assert "+7.50  (raw +12.50, +25 each; 1 event" in out
     assert "free_mail_domain" in out and "SUPPRESSED: unsubscribed" in out

@@ -13,7 +13,7 @@ from rules.engine import apply_event, new_state, top_reasons, view
 def test_default_model_compiles_with_a_version():
     model = default_model()
     assert isinstance(model, CompiledModel)
-    assert model.version == "2026.11-seed-1"
+    assert model.version == "2026.11-seed-2"
 
 
 def test_state_round_trips_through_orjson():
@@ -47,8 +47,8 @@ def test_mql_and_hot_lead_fire_once_with_deterministic_ids():
     events = [ev("identify", traits=PERFECT), ev("demo_request"), ev("webinar_attended"), ev("whitepaper_download"),
               ev("email_reply")]
     state, triggers = run(events)
-    assert types(triggers) == ["hot_lead", "route_to_sales", "mql"]
-    mql = triggers[-1]
+    assert types(triggers) == ["hot_lead", "route_to_sales", "mql", "nurture_exit"]
+    mql = triggers[2]
     assert mql["score"] == 85.0 and mql["previous_score"] == 76.0 and mql["band"] == "sql"
     assert mql["rules_version"] == default_model().version and mql["event_ts"] == T0
     assert len(mql["trigger_id"]) == 24 and len(mql["reasons"]) == 3

@@ -27,7 +27,7 @@ def line_of(text: str, needle: str) -> int:
 
 def test_default_model_file_loads(tmp_path):
     model = load_model(write(tmp_path, DEFAULT_TEXT))
-    assert model.version == "2026.11-seed-1" and model.health_version == "2026.11-health-seed-002"
+    assert model.version == "2026.11-seed-2" and model.health_version == "2026.11-health-seed-002"
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_errors_name_file_line_and_field(tmp_path, old, new, field, words):
 
 
 def test_missing_version_and_weights_that_do_not_add_up(tmp_path):
-    text = DEFAULT_TEXT.replace('version: "2026.11-seed-1"\n', "").replace("weight: 60 ", "weight: 50 ")
+    text = DEFAULT_TEXT.replace('version: "2026.11-seed-2"\n', "").replace("weight: 60 ", "weight: 50 ")
     with pytest.raises(ModelError) as err:
         load_model(write(tmp_path, text))
     message = str(err.value)

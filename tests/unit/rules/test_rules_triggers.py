@@ -117,16 +117,16 @@ def test_suppression_decided_in_the_same_step_as_a_crossing():
     # One CRM update both completes the profile (crossing 80) and opens a sales conversation.
     state, out = run([ev(s) for s in HOT_PATH])
     out = apply_event(state, ev("crm_update", ts=T0 + 1, traits=dict(PERFECT, in_sales_conversation=True)), M)
-    assert types(out) == ["suppress"]
+    assert types(out) == ["suppress", "nurture_exit"]
     assert view(state, M, T0 + 1)["score"] >= 80 and state["lead_state"] == "nurture"
 
 
 def test_unsuppress_when_the_last_reason_ends_then_mql_can_fire():
     state, out = run([ev("crm_update", traits={"in_sales_conversation": True}), ev("identify", traits=PERFECT)]
                      + to_mql(T0))
-    assert types(out) == ["suppress"]
+    assert types(out) == ["suppress", "nurture_exit"]
     out = apply_event(state, ev("crm_update", ts=T0 + HOUR, traits={"in_sales_conversation": False}), M)
-    assert types(out) == ["unsuppress", "mql", "hot_lead"]
+    assert types(out) == ["unsuppress", "mql", "hot_lead"]  # nurture was already left when suppressed
     assert out[0]["reasons"][0]["signal"] == "suppression.sales_conversation"
 
 
@@ -172,7 +172,7 @@ def test_health_weights_and_bands(u, s, b, score, band):
 
 def test_health_red_fires_on_entering_red_even_for_suppressed_customers():
     state, out = run([ev("crm_update", traits={"customer": True}), health(90, 90, 90)])
-    assert types(out) == ["suppress"]
+    assert types(out) == ["suppress", "nurture_exit"]
     out = apply_event(state, health(u=20, s=40, ts=T0 + DAY), M)  # 8 + 14 + 22.5
     assert types(out) == ["health_red"] and out[0]["band"] == "red" and out[0]["previous_score"] == 90
     assert apply_event(state, health(u=10, ts=T0 + 2 * DAY), M) == []  # still red: no repeat
@@ -185,8 +185,10 @@ def test_every_trigger_names_the_model_version_and_event_time():
     _, out = run([ev("identify", traits=PERFECT)] + to_mql(T0 + 5) + [ev("unsubscribe", ts=T0 + 6)])
     assert out and all(t["rules_version"] == M.version for t in out)
     assert {t["event_ts"] for t in out} == {T0 + 5, T0 + 6}
-    assert all(set(t) == {"trigger_id", "type", "contact_id", "score", "previous_score", "band", "reasons",
-                          "rules_version", "event_ts"} for t in out)
+    base = {"trigger_id", "type", "contact_id", "score", "previous_score", "band", "reasons", "rules_version",
+            "event_ts"}
+    extra = {"nurture_exit": {"to"}}
+    assert all(set(t) == base | extra.get(t["type"], set()) for t in out)
 
 
 def test_new_state_applies_to_a_fresh_contact():
