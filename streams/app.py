@@ -32,6 +32,7 @@ import faust
 import orjson
 from faust.sensors.monitor import Monitor
 
+from streams.bots import DEFAULT_BOT_AGENTS, BotRules
 from streams.processor import BatchOutcome, BatchProcessor, StreamLimits
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class StreamConfig:
     session_timeout_ms: int
     fetch_max_wait_ms: int
     data_dir: str
+    instance_id: str
     limits: StreamLimits
+    bots: BotRules
 
     @classmethod
     def from_settings(cls, settings: Any, broker_url: str) -> "StreamConfig":
@@ -109,10 +112,17 @@ class StreamConfig:
             session_timeout_ms=settings.session_timeout,
             fetch_max_wait_ms=settings.fetch_max_wait,
             data_dir=str(settings.data_dir),
+            instance_id=settings.worker_instance_id,
             limits=StreamLimits(
                 late_limit_ms=settings.late_limit,
                 future_skew_ms=settings.future_skew,
                 dedupe_window_ms=settings.dedupe_window,
+                lateness_ms=settings.lateness,
+            ),
+            bots=BotRules(
+                user_agents=settings.bot_user_agents or DEFAULT_BOT_AGENTS,
+                scanner_window_ms=settings.scanner_click_window,
+                scanner_burst=settings.scanner_burst,
             ),
         )
 
@@ -144,15 +154,22 @@ class ScoreApp:
             producer_linger=0.002,
             stream_buffer_maxsize=16_384,
             Monitor=QuietMonitor,
+            # Static membership: a restarted worker reclaims its partitions at once instead
+            # of waiting out the dead member's session (Tansu stalls ~30 s otherwise).
+            consumer_group_instance_id=config.instance_id or None,
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.events_topic = self.app.topic(config.events_topic, partitions=config.partitions, **raw)
         self.triggers_topic = self.app.topic(config.triggers_topic, partitions=config.partitions, **raw)
         self.dlq_topic = self.app.topic(config.dlq_topic, partitions=config.partitions, **raw)
         self.contacts = self.app.Table("contacts", partitions=config.partitions, key_type=bytes, value_type=bytes)
-        self.processor = BatchProcessor(model, self._load, config.limits)
+        self.processor = BatchProcessor(model, self._load, config.limits, config.bots)
         self.batches = 0
+        # The agent and the timer tick both read and write contact records: one at a time.
+        self._lock = asyncio.Lock()
         self.app.agent(self.events_topic, name="score", concurrency=1)(self._score)
+        self.app.timer(interval=1.0, name="release_held_triggers")(self._tick)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
         self.deliver = deliver
         if deliver is not None:
             # Outbound sinks read the durable trigger topic, and a batch is acked only
@@ -185,14 +202,36 @@ class ScoreApp:
         async for batch in stream.take_events(500, within=0.05):
             await self.deliver([orjson.loads(e.value) for e in batch])
 
+    async def _on_revoked(self, app: Any, revoked: Any = None, **kwargs: Any) -> None:
+        self.processor.forget_partitions()
+
+    def assigned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.config.events_topic}
+
+    async def _tick(self) -> None:
+        if self.app.rebalancing:
+            return
+        async with self._lock:
+            out = self.processor.tick(self.assigned_partitions(), int(time.time() * 1000))
+            if out.triggers or out.writes:
+                await self._commit_outcome(out, time.perf_counter())
+
     async def handle(self, records: list[tuple[int, int, bytes]]) -> BatchOutcome:
-        started = time.perf_counter()
-        out = self.processor.process(records, int(time.time() * 1000))
+        async with self._lock:
+            started = time.perf_counter()
+            out = self.processor.process(records, int(time.time() * 1000))
+            await self._commit_outcome(out, started)
+            self.batches += 1
+            return out
+
+    async def _commit_outcome(self, out: BatchOutcome, started: float) -> None:
         acks = []
         for trigger in out.triggers:
             acks.append(await self.triggers_topic.send(key=trigger["contact_id"].encode(), value=orjson.dumps(trigger)))
         for dead in out.dead_letters:
             acks.append(await self.dlq_topic.send(value=orjson.dumps({**dead, "stage": "worker"})))
+        for key, value in out.forward:
+            acks.append(await self.events_topic.send(key=key.encode("utf-8"), value=value))
         for ack in acks:
             await ack
         await self._publish_with_retry(out)
@@ -205,10 +244,8 @@ class ScoreApp:
                 if key_partition is not None:
                     key_partition[raw_key] = partition
                 self.contacts.send_changelog(partition, raw_key, value)
-        self.batches += 1
         if self.metrics is not None:
             self._observe(out, time.perf_counter() - started)
-        return out
 
     async def _publish_with_retry(self, out: BatchOutcome) -> None:
         """The read side (Redis) may blip; hold the batch and retry rather than lose or skip it."""
@@ -224,11 +261,16 @@ class ScoreApp:
 
     def _observe(self, out: BatchOutcome, seconds: float) -> None:
         m = self.metrics
-        m.batch_duration.observe(seconds)
-        m.batch_size.observe(out.events)
+        if out.events:
+            m.batch_duration.observe(seconds)
+            m.batch_size.observe(out.events)
         m.events_scored.inc(out.applied)
         for source, count in out.duplicates.items():
             m.events_duplicate.labels(source=source).inc(count)
+        for kind, count in out.bots.items():
+            m.events_bot.labels(kind=kind).inc(count)
+        if out.late:
+            m.events_late.inc(out.late)
         for dead in out.dead_letters:
             m.dlq.labels(reason=dead["code"]).inc()
         for trigger in out.triggers:

@@ -2,12 +2,38 @@
 
 This is the score agent's logic without faust or any I/O, so the stream layer can be
 tested record by record: the agent hands it ``(partition, offset, value)`` triples
-and a loader for stored records; it returns what to write, emit and dead-letter.
+and a loader for stored records; it returns what to write, emit, forward and
+dead-letter.
 
-Per batch it decodes every record (a single event or an envelope), checks each
-event, groups events by contact, sorts each contact's events by event time, skips
-what was already applied (position and event-id dedupe), runs the pure rules
-engine, and encodes each touched contact once.
+Per batch it decodes every record (one event or an envelope), checks each event,
+groups events by contact, sorts each contact's events by event time, skips what was
+already applied (record position and event-id dedupe), sets machine traffic aside,
+runs the pure rules engine, and encodes each touched contact once.
+
+Event time and order
+--------------------
+Scores are order-independent in the engine, so events are applied as they arrive and
+the read side is current within milliseconds. Handoff triggers (``HELD_TYPES``: mql,
+route_to_sales), which suppression must be able to veto whatever the arrival order,
+are held in the contact record until the partition's watermark passes their event
+time. The watermark is the largest event time seen on the partition minus the allowed
+lateness, and moves with the wall clock when the partition is idle. At release a
+suppression that began at or before the trigger's event time vetoes it. Alerts that
+need no veto (hot_lead, suppress, unsuppress, ...) go out at once. Which contacts hold
+triggers is kept per partition in the table under a reserved key, so holds survive
+restarts and rebalances.
+
+Events older than ``late_limit`` or newer than ``future_skew`` relative to the time the
+collector received them go to the DLQ; both checks use ``received_at`` so an offline
+recomputation reaches the same verdicts.
+
+Identity
+--------
+An identify/alias naming both an anonymous id and a contact id is applied on the
+contact's partition, then a ``link_out`` record keyed by the anonymous id moves that
+visitor's state: its partition answers with a ``link_in`` record keyed by the contact
+carrying the anonymous state (merged with ``rules.engine.merge_state``) and leaves a
+redirect, so anonymous events that arrive later are forwarded to the contact, not lost.
 """
 
 from __future__ import annotations
@@ -18,14 +44,21 @@ from typing import Any, Callable
 
 import orjson
 
-from rules.engine import apply_event, new_state, view
-from streams.events import contact_key, decode_record, event_problem
+from rules.engine import apply_event, merge_state, new_state, view
+from streams.bots import BotRules
+from streams.events import ANONYMOUS_PREFIX, contact_key, decode_record, event_problem
 from streams.state import ContactRecord
 
 Loader = Callable[[str], "bytes | None"]
 
 # Traits copied onto triggers so alerts can say who the lead is without a lookup.
 TRIGGER_TRAITS = ("name", "first_name", "last_name", "email", "title", "company.name")
+# Handoff triggers that wait for the watermark so a late suppression can veto them.
+HELD_TYPES = frozenset({"mql", "route_to_sales"})
+LINK_OUT = "__link_out"
+LINK_IN = "__link_in"
+TIMERS_KEY = "\x00timers:{}"
+NEVER = -(2**62)
 
 
 @dataclass(frozen=True)
@@ -35,6 +68,7 @@ class StreamLimits:
     late_limit_ms: int = 30 * 86_400_000
     future_skew_ms: int = 300_000
     dedupe_window_ms: int = 7 * 86_400_000
+    lateness_ms: int = 10_000
 
 
 @dataclass
@@ -45,28 +79,68 @@ class BatchOutcome:
     triggers: list[dict[str, Any]] = field(default_factory=list)
     trigger_latencies_ms: list[int] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    forward: list[tuple[str, bytes]] = field(default_factory=list)  # (key, record) for the events topic
     events: int = 0
     applied: int = 0
+    late: int = 0
+    vetoed: int = 0
     duplicates: Counter = field(default_factory=Counter)
+    bots: Counter = field(default_factory=Counter)
     received: Counter = field(default_factory=Counter)
 
 
 class BatchProcessor:
-    def __init__(self, model: Any, load: Loader, limits: StreamLimits = StreamLimits()) -> None:
+    def __init__(self, model: Any, load: Loader, limits: StreamLimits = StreamLimits(), bots: BotRules | None = None) -> None:
         self.model = model
         self.load = load
         self.limits = limits
+        self.bots = bots or BotRules()
+        self.max_ts: dict[int, int] = {}  # partition -> largest event time seen
+        self.last_event_at: dict[int, int] = {}  # partition -> wall clock of its last record
+        self.timers: dict[int, dict[str, int]] = {}  # partition -> contact key -> earliest held event time
 
+    # ---- watermark and timers ---------------------------------------------------------
+    def watermark(self, partition: int, now_ms: int) -> int:
+        lateness = self.limits.lateness_ms
+        mark = self.max_ts.get(partition, NEVER) - lateness
+        if now_ms - self.last_event_at.get(partition, NEVER) >= lateness:
+            mark = max(mark, now_ms - lateness)  # idle partition: wall clock moves it on
+        return mark
+
+    def _timers(self, partition: int) -> dict[str, int]:
+        timers = self.timers.get(partition)
+        if timers is None:
+            raw = self.load(TIMERS_KEY.format(partition))
+            timers = self.timers[partition] = orjson.loads(raw) if raw else {}
+        return timers
+
+    def forget_partitions(self, partitions: set[int] | None = None) -> None:
+        """Drop in-memory per-partition state (on rebalance); reloaded from the table lazily."""
+        for part in list(self.timers) if partitions is None else partitions:
+            self.timers.pop(part, None)
+            self.max_ts.pop(part, None)
+            self.last_event_at.pop(part, None)
+
+    # ---- batches ----------------------------------------------------------------------
     def process(self, records: list[tuple[int, int, bytes]], now_ms: int) -> BatchOutcome:
         out = BatchOutcome()
         grouped: dict[tuple[int, str], list[tuple[int, int, dict[str, Any]]]] = {}
         for partition, offset, value in records:
-            self._collect(partition, offset, value, now_ms, grouped, out)
+            self.last_event_at[partition] = now_ms
+            self._collect(partition, offset, value, grouped, out)
+        loaded: dict[str, ContactRecord] = {}
         for (partition, key), items in grouped.items():
-            self._apply_contact(partition, key, items, now_ms, out)
+            loaded[key] = self._apply_contact(partition, key, items, now_ms, out)
+        self._release(now_ms, set(self.last_event_at) if records else set(), out, loaded)
         return out
 
-    def _collect(self, partition: int, offset: int, value: bytes, now_ms: int, grouped: dict, out: BatchOutcome) -> None:
+    def tick(self, partitions: set[int], now_ms: int) -> BatchOutcome:
+        """Release held triggers that became due while no record arrived."""
+        out = BatchOutcome()
+        self._release(now_ms, partitions, out, {})
+        return out
+
+    def _collect(self, partition: int, offset: int, value: bytes, grouped: dict, out: BatchOutcome) -> None:
         try:
             events = decode_record(value)
         except orjson.JSONDecodeError as exc:
@@ -75,49 +149,164 @@ class BatchProcessor:
         limits = self.limits
         for index, event in enumerate(events):
             out.events += 1
+            if isinstance(event, dict) and event.get("type") in (LINK_OUT, LINK_IN):
+                grouped.setdefault((partition, event["key"]), []).append((offset, index, event))
+                continue
             code, problem = "invalid_event", event_problem(event)
             if problem is None:
                 ts = event["ts"]
-                if ts < now_ms - limits.late_limit_ms:
+                reference = event.get("received_at") if isinstance(event.get("received_at"), int) else ts
+                if ts < reference - limits.late_limit_ms:
                     code, problem = "too_late", "too late: event time is beyond the late limit"
-                elif ts > now_ms + limits.future_skew_ms:
+                elif ts > reference + limits.future_skew_ms:
                     code, problem = "future", "in the future: event time is beyond the allowed clock skew"
             if problem is not None:
                 out.dead_letters.append(_dead(partition, offset, index, code, problem, event))
                 continue
+            if ts > self.max_ts.get(partition, NEVER):
+                self.max_ts[partition] = ts
             grouped.setdefault((partition, contact_key(event)), []).append((offset, index, event))
 
-    def _apply_contact(self, partition: int, key: str, items: list, now_ms: int, out: BatchOutcome) -> None:
+    def _record(self, key: str) -> ContactRecord:
         raw = self.load(key)
-        record = ContactRecord.decode(key, raw) if raw is not None else ContactRecord(key, new_state(key))
+        return ContactRecord.decode(key, raw) if raw is not None else ContactRecord(key, new_state(key))
+
+    def _apply_contact(self, partition: int, key: str, items: list, now_ms: int, out: BatchOutcome) -> ContactRecord:
+        record = self._record(key)
         # Event-time order within the batch; position breaks ties so order stays deterministic.
-        items.sort(key=lambda item: (item[2]["ts"], item[0], item[1]))
+        items.sort(key=lambda item: (item[2].get("ts", 0), item[0], item[1]))
         window = self.limits.dedupe_window_ms
-        model = self.model
+        watermark = self.watermark(partition, now_ms)
         touched = False
+        newest = record.pos
         for offset, index, event in items:
-            source = event.get("source") or "unknown"
-            if record.already_applied(offset, index) or not record.remember(event["id"], event["ts"], window):
-                out.duplicates[source] += 1
-                record.advance(offset, index)
+            if record.already_applied(offset, index):
+                out.duplicates[event.get("source") or "internal"] += 1
                 continue
-            record.advance(offset, index)
+            newest = record.advance(offset, index, newest)
+            kind = event["type"]
+            if kind == LINK_OUT:
+                self._link_out(record, event, out)
+                continue
+            if kind == LINK_IN:
+                touched |= self._link_in(record, event, now_ms, out)
+                continue
+            source = event.get("source") or "unknown"
+            if record.redirect:
+                # This anonymous visitor became a known contact: the event belongs there now.
+                moved = {**event, "contact_id": record.redirect}
+                out.forward.append((record.redirect, orjson.dumps(moved)))
+                continue
+            if not record.remember(event["id"], event.get("received_at") or event["ts"], window):
+                out.duplicates[source] += 1
+                continue
+            bot = self.bots.classify(event, record.bot)
+            if bot is not None:
+                out.bots[bot] += 1
+                continue
+            if event["ts"] < watermark:
+                out.late += 1
             touched = True
             out.applied += 1
-            out.received[(source, event["type"])] += 1
-            for trigger in apply_event(record.state, event, model):
-                trigger["emitted_at"] = now_ms
-                trigger["contact"] = {"traits": _trigger_traits(record.state)}
-                out.triggers.append(trigger)
-                received_at = event.get("received_at")
-                if isinstance(received_at, int):
-                    out.trigger_latencies_ms.append(max(0, now_ms - received_at))
-        record.forget_before(now_ms, window)
-        # Even a batch of pure duplicates advances the position, so the record is rewritten.
-        out.writes.setdefault(partition, {})[key] = record.encode()
+            out.received[(source, kind)] += 1
+            self._decide(record, apply_event(record.state, event, self.model), event, now_ms, out)
+            if kind in ("identify", "alias") and event.get("contact_id") and event.get("anonymous_id"):
+                self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
+        record.pos = newest
+        record.forget_before(window)
+        self._write(partition, record, out, touched, now_ms)
+        return record
+
+    def _decide(self, record: ContactRecord, triggers: list[dict[str, Any]], event: dict[str, Any], now_ms: int, out: BatchOutcome) -> None:
+        for trigger in triggers:
+            kind = trigger["type"]
+            if kind == "suppress":
+                record.suppressed_since = trigger["event_ts"]
+            elif kind == "unsuppress":
+                record.suppressed_since = None
+            trigger["contact"] = {"traits": _trigger_traits(record.state)}
+            received_at = event.get("received_at")
+            if isinstance(received_at, int):
+                trigger["_received_at"] = received_at
+            if kind in HELD_TYPES and self.limits.lateness_ms > 0:
+                record.held.append(trigger)
+            else:
+                self._emit(trigger, now_ms, out)
+
+    def _emit(self, trigger: dict[str, Any], now_ms: int, out: BatchOutcome) -> None:
+        received_at = trigger.pop("_received_at", None)
+        trigger["emitted_at"] = now_ms
+        out.triggers.append(trigger)
+        if received_at is not None:
+            out.trigger_latencies_ms.append(max(0, now_ms - received_at))
+
+    def _release(self, now_ms: int, partitions: set[int], out: BatchOutcome, loaded: dict[str, ContactRecord]) -> None:
+        for partition in partitions:
+            timers = self._timers(partition)
+            watermark = self.watermark(partition, now_ms)
+            for key in [k for k, due in timers.items() if due <= watermark]:
+                record = loaded.get(key) or self._record(key)
+                keep = []
+                for trigger in record.held:
+                    if trigger["event_ts"] > watermark:
+                        keep.append(trigger)
+                    elif record.suppressed_since is not None and record.suppressed_since <= trigger["event_ts"]:
+                        out.vetoed += 1
+                    else:
+                        self._emit(trigger, now_ms, out)
+                record.held = keep
+                self._write(partition, record, out, False, now_ms)
+
+    def _write(self, partition: int, record: ContactRecord, out: BatchOutcome, touched: bool, now_ms: int) -> None:
+        timers = self._timers(partition)
+        due = min((t["event_ts"] for t in record.held), default=None)
+        changed = timers.get(record.key) != due
+        if due is None:
+            timers.pop(record.key, None)
+        else:
+            timers[record.key] = due
+        writes = out.writes.setdefault(partition, {})
+        writes[record.key] = record.encode()
+        if changed:
+            writes[TIMERS_KEY.format(partition)] = orjson.dumps(timers)
         if touched:
-            out.views[key] = view(record.state, model, now_ms)
-            out.docs[key] = orjson.dumps(record.state)
+            out.views[record.key] = view(record.state, self.model, now_ms)
+            out.docs[record.key] = orjson.dumps(record.state)
+
+    # ---- identity stitching ---------------------------------------------------------------
+    def _request_link(self, record: ContactRecord, anonymous_id: str, ts: int, out: BatchOutcome) -> None:
+        if anonymous_id in record.linked:
+            return
+        record.linked.append(anonymous_id)
+        del record.linked[:-64]  # bounded; a repeat link is harmless (the anonymous side is empty)
+        anon_key = ANONYMOUS_PREFIX + anonymous_id
+        message = {"type": LINK_OUT, "key": anon_key, "contact": record.key, "ts": ts}
+        out.forward.append((anon_key, orjson.dumps(message)))
+
+    def _link_out(self, record: ContactRecord, message: dict[str, Any], out: BatchOutcome) -> None:
+        target = message["contact"]
+        if record.redirect is None:
+            payload = {"type": LINK_IN, "key": target, "anonymous_id": record.key, "ts": message["ts"],
+                       "state": record.state, "seen": record.seen}
+            out.forward.append((target, orjson.dumps(payload)))
+            record.state = new_state(record.key)
+            record.seen = {}
+            record.held = []
+            record.redirect = target
+
+    def _link_in(self, record: ContactRecord, message: dict[str, Any], now_ms: int, out: BatchOutcome) -> bool:
+        other = message["state"]
+        if not other.get("updated_at") and not other.get("b"):
+            return False  # the visitor had no history: nothing to merge
+        merge_state(record.state, other, self.model)
+        record.merge_seen(message.get("seen") or {})
+        # Thresholds are decided at an event: a trait-less identify at the merge time asks the
+        # engine whether the merged score crossed one.
+        probe = {"id": f"merge:{message['anonymous_id']}", "type": "identify", "contact_id": record.key,
+                 "anonymous_id": None, "ts": max(message["ts"], record.state.get("updated_at") or 0),
+                 "received_at": now_ms, "source": "identity", "traits": {}, "properties": {}}
+        self._decide(record, apply_event(record.state, probe, self.model), probe, now_ms, out)
+        return True
 
 
 def _trigger_traits(state: dict[str, Any]) -> dict[str, Any]:

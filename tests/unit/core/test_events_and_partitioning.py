@@ -53,14 +53,17 @@ def test_good_event_has_no_problem():
 def test_record_positions_and_dedupe():
     record = ContactRecord("c1", {"x": 1})
     assert not record.already_applied(5, 0)
-    record.advance(5, 2)
+    record.pos = record.advance(5, 2, record.advance(5, 1, record.pos))
     assert record.already_applied(5, 2) and record.already_applied(4, 9) and not record.already_applied(5, 3)
+    assert record.advance(4, 9, record.pos) == [5, 2]  # never moves back
     assert record.remember("a", 1_700_000_000_000, 7 * 86_400_000)
     assert not record.remember("a", 1_700_000_000_000, 7 * 86_400_000)
     copy = ContactRecord.decode("c1", record.encode())
     assert copy.pos == [5, 2] and not copy.remember("a", 1_700_000_000_000, 7 * 86_400_000)
-    copy.forget_before(1_700_000_000_000 + 8 * 86_400_000, 7 * 86_400_000)
-    assert copy.remember("a", 1_700_000_000_000, 7 * 86_400_000)
+    # A newer bucket more than the window later makes the old one expire.
+    assert copy.remember("b", 1_700_000_000_000 + 9 * 86_400_000, 7 * 86_400_000)
+    copy.forget_before(7 * 86_400_000)
+    assert copy.remember("a", 1_700_000_000_000 + 9 * 86_400_000, 7 * 86_400_000)
 
 
 def test_fingerprint_is_stable_across_processes():
