@@ -27,6 +27,8 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, PayloadEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from redis.asyncio import Redis
 
 from connectors import segment
@@ -43,6 +45,16 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "86400",
 }
 JSON_TYPES = ("application/json", "text/plain", "")
+# aiohttp inflates these request encodings itself, in bounded steps (see Collector._read_body).
+CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate")
+_READ_CHUNK = 64 * 1024
+_PREVIEW_BYTES = 2048
+# Segment's error codes are not documented; clients (analytics-python, rudder-sdk-python)
+# read "code" and "message" from an error body, so every error answer carries both.
+ERROR_CODES = {
+    400: "bad_request", 401: "unauthorized", 413: "payload_too_large", 415: "unsupported_media_type",
+    429: "rate_limited", 500: "internal_error", 503: "unavailable",
+}
 
 
 def now_ms() -> int:
@@ -85,10 +97,20 @@ class Collector:
         self.broker_ready = broker_ready
 
     # ---- intake -------------------------------------------------------------------
-    def _source_for(self, request: web.Request, body: dict[str, Any] | None) -> str:
+    def _header_source(self, request: web.Request) -> str | None:
+        """The source of a write key sent as HTTP Basic user; 401 when it is unknown."""
         key = basic_auth_user(request)
-        if key is None and isinstance(body, dict):
-            key = body.get("writeKey")
+        if key is None:
+            return None
+        source = self.settings.write_keys.get(key)
+        if source is None:
+            raise BadInput("unknown write key", field="writeKey", status=401)
+        return source
+
+    def _source_for(self, header_source: str | None, body: Any) -> str:
+        if header_source is not None:
+            return header_source
+        key = body.get("writeKey") if isinstance(body, dict) else None
         if not key:
             raise BadInput("missing write key: send it as the HTTP Basic user or as writeKey", field="writeKey", status=401)
         source = self.settings.write_keys.get(str(key))
@@ -96,65 +118,116 @@ class Collector:
             raise BadInput("unknown write key", field="writeKey", status=401)
         return source
 
-    async def _read_json(self, request: web.Request, limit: int) -> Any:
+    async def _refuse(self, source: str | None, reason_code: str, exc: BadInput, payload: Any) -> BadInput:
+        """Count a refused request; dead-letter it when the sender proved a write key."""
+        self.metrics.events_rejected.labels(source=source or "unknown", reason=reason_code).inc()
+        if source is not None:
+            await self.intake.dead_letter(segment.bounded(payload), exc.reason, source)
+        return exc
+
+    async def _read_body(self, request: web.Request, limit: int, source: str | None) -> bytes:
+        """The (decompressed) body, at most ``limit`` bytes; 415/413/400 with a reason otherwise.
+
+        aiohttp inflates gzip/deflate bodies as they stream in, in bounded steps, so a
+        compression bomb is cut off after ``limit`` inflated bytes, never buffered whole.
+        """
         ctype = request.content_type if request.headers.get("Content-Type") else ""
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        problem: BadInput | None = None
+        code = ""
         if ctype not in JSON_TYPES:
-            raise BadInput(f"Content-Type: expected application/json or text/plain, got {ctype}", field="Content-Type", status=415)
-        if request.content_length is not None and request.content_length > limit:
-            raise BadInput(f"body is larger than {limit} bytes", status=413)
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise BadInput(f"body is larger than {limit} bytes", status=413)
+            problem = BadInput(
+                f"Content-Type: expected application/json or text/plain, got {ctype}", field="Content-Type", status=415
+            )
+            code = "wrong_content_type"
+        elif encoding not in CONTENT_ENCODINGS:
+            problem = BadInput(
+                f"Content-Encoding: expected gzip, deflate or identity, got {encoding}", field="Content-Encoding", status=415
+            )
+            code = "wrong_content_encoding"
+        elif request.content_length is not None and request.content_length > limit:
+            exc = BadInput(f"body is larger than {limit} bytes", field="body", status=413)
+            raise await self._refuse(source, "too_large", exc, {"content_length": request.content_length})
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = await request.content.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    what = "decompressed body" if encoding not in ("", "identity") else "body"
+                    exc = BadInput(f"{what} is larger than {limit} bytes", field="body", status=413)
+                    preview = b"".join(chunks)[:_PREVIEW_BYTES].decode("utf-8", errors="replace")
+                    raise await self._refuse(source, "too_large", exc, {"preview": preview, "bytes_read": size})
+                chunks.append(chunk)
+        except (ContentEncodingError, PayloadEncodingError, RequestPayloadError):
+            exc = BadInput(f"Content-Encoding: body is not valid {encoding}", field="Content-Encoding")
+            raise await self._refuse(source, "bad_encoding", exc, {"content_encoding": encoding}) from None
+        raw = b"".join(chunks)
+        if problem is not None:
+            raise await self._refuse(source, code, problem, raw.decode("utf-8", errors="replace"))
+        return raw
+
+    async def _read_json(self, request: web.Request, limit: int, source: str | None) -> Any:
+        raw = await self._read_body(request, limit, source)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            await self.intake.dead_letter(raw, f"invalid JSON: {exc}", "http")
-            self.metrics.events_rejected.labels(source="unknown", reason="invalid_json").inc()
-            raise BadInput(f"invalid JSON: {exc}") from None
+            # Not UTF-8, not JSON, or nested deeper than orjson's limit (1024 levels).
+            bad = BadInput(f"invalid JSON: {exc}", field="body")
+            raise await self._refuse(source, "invalid_json", bad, raw.decode("utf-8", errors="replace")) from None
 
     async def handle_call(self, request: web.Request) -> web.Response:
         call = request.match_info["call"]
         call = segment.SHORT_PATHS.get(call, call)
+        header_source = self._header_source(request)
         if call == "batch":
-            return await self._handle_batch(request)
-        body = await self._read_json(request, self.settings.max_event_bytes)
-        source = self._source_for(request, body)
+            return await self._handle_batch(request, header_source)
+        body = await self._read_json(request, self.settings.max_event_bytes, header_source)
+        source = self._source_for(header_source, body)
         received = now_ms()
         try:
             event = segment.normalise(call, body, received_at=received, source=source)
         except BadInput as exc:
-            self.metrics.events_rejected.labels(source=source, reason="invalid_event").inc()
-            await self.intake.dead_letter(body, exc.reason, source)
-            raise
+            raise await self._refuse(source, "invalid_event", exc, body) from None
         await self.intake.submit([event])
         self.metrics.events_received.labels(source=source, type=event["type"]).inc()
         return json_response({"success": True})
 
-    async def _handle_batch(self, request: web.Request) -> web.Response:
-        body = await self._read_json(request, self.settings.max_batch_bytes)
+    async def _handle_batch(self, request: web.Request, header_source: str | None) -> web.Response:
+        body = await self._read_json(request, self.settings.max_batch_bytes, header_source)
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
-            raise BadInput("batch: expected an object with a batch array", field="batch")
-        source = self._source_for(request, body)
+            source = header_source
+            if source is None and isinstance(body, dict):
+                source = self._source_for(None, body)
+            exc = BadInput("batch: expected an object with a batch array", field="batch")
+            raise await self._refuse(source, "invalid_batch", exc, body)
+        source = self._source_for(header_source, body)
+        calls = body["batch"]
+        if len(calls) > segment.MAX_BATCH_CALLS:
+            exc = BadInput(f"batch: {len(calls)} calls, at most {segment.MAX_BATCH_CALLS} per request", field="batch", status=413)
+            raise await self._refuse(source, "too_many_calls", exc, body)
         received = now_ms()
-        shared_context = body.get("context") if isinstance(body.get("context"), dict) else None
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
-        for index, item in enumerate(body["batch"]):
+        for index, item in enumerate(calls):
             try:
-                if isinstance(item, dict):
-                    if len(orjson.dumps(item)) > self.settings.max_event_bytes:
-                        raise BadInput(f"event is larger than {self.settings.max_event_bytes} bytes", status=413)
-                    if "sentAt" not in item and body.get("sentAt"):
-                        item = {**item, "sentAt": body["sentAt"]}
-                    if shared_context and "context" not in item:
-                        item = {**item, "context": shared_context}
-                accepted.append(segment.normalise("track", item, received_at=received, source=source))
+                item = segment.batch_item(item, body)
+                if isinstance(item, dict) and (too_deep := segment.nesting_problem(item)) is not None:
+                    raise too_deep
+                if isinstance(item, dict) and len(orjson.dumps(item)) > self.settings.max_event_bytes:
+                    raise BadInput(f"event is larger than {self.settings.max_event_bytes} bytes", status=413)
+                accepted.append(segment.normalise(None, item, received_at=received, source=source))
             except BadInput as exc:
                 rejected.append({"index": index, "error": exc.reason, "field": exc.field})
-                self.metrics.events_rejected.labels(source=source, reason="invalid_event").inc()
-                await self.intake.dead_letter(item, f"batch[{index}]: {exc.reason}", source)
+                self.metrics.events_rejected.labels(source=source, reason="too_large" if exc.status == 413 else "invalid_event").inc()
+                await self.intake.dead_letter(segment.bounded(item), f"batch[{index}]: {exc.reason}", source)
         if not accepted:
-            return json_response({"success": False, "error": "no valid event in batch", "rejected": rejected}, status=400)
+            status = 413 if rejected and all(r["error"].startswith("event is larger") for r in rejected) else 400
+            reason = "no valid event in batch"
+            return json_response({**_error_body(status, reason), "rejected": rejected}, status=status)
         await self.intake.submit(accepted)
         for event in accepted:
             self.metrics.events_received.labels(source=source, type=event["type"]).inc()
@@ -227,6 +300,14 @@ class Collector:
         return json_response({"status": "ready", "rules_version": self.current_model().version})
 
 
+def _error_body(status: int, reason: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"success": false, "error": reason, "code": ..., "message": reason}`` (+ ``field``)."""
+    out = dict(body) if body else {"success": False, "error": reason}
+    out.setdefault("code", ERROR_CODES.get(status, "error"))
+    out.setdefault("message", reason)
+    return out
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     """Turn domain errors into HTTP answers and count every request by route and code."""
@@ -242,16 +323,16 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
             for name, value in headers.items():
                 response.headers.setdefault(name, value)
     except BadInput as exc:
-        response = json_response(exc.as_json(), status=exc.status, headers=headers)
+        response = json_response(_error_body(exc.status, exc.reason, exc.as_json()), status=exc.status, headers=headers)
     except Backpressure as exc:
-        response = json_response({"success": False, "error": str(exc)}, 429, {**headers, "Retry-After": str(exc.retry_after)})
+        response = json_response(_error_body(429, str(exc)), 429, {**headers, "Retry-After": str(exc.retry_after)})
     except BrokerUnavailable as exc:
-        response = json_response({"success": False, "error": str(exc)}, 503, {**headers, "Retry-After": str(exc.retry_after)})
+        response = json_response(_error_body(503, str(exc)), 503, {**headers, "Retry-After": str(exc.retry_after)})
     except web.HTTPException as exc:
-        response = json_response({"success": False, "error": exc.reason}, exc.status, headers)
+        response = json_response(_error_body(exc.status, exc.reason), exc.status, headers)
     except Exception:  # noqa: BLE001 - a bug must not take the collector down
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = json_response({"success": False, "error": "internal error"}, 500, headers)
+        response = json_response(_error_body(500, "internal error"), 500, headers)
     collector.metrics.http_requests.labels(route=route, code=str(response.status)).inc()
     collector.metrics.http_duration.labels(route=route).observe(time.perf_counter() - started)
     return response

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from connectors.segment import bounded
 from connectors.types import Backpressure, BrokerUnavailable
 from streams.events import contact_key, encode_envelope
 from streams.partitioning import partition_for
@@ -50,6 +51,7 @@ class KafkaIntake:
         max_envelope_events: int = 500,
         max_pending: int = 50_000,
         produce_timeout_ms: int = 10_000,
+        metrics: Any = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.events_topic = events_topic
@@ -59,6 +61,7 @@ class KafkaIntake:
         self.max_envelope_events = max_envelope_events
         self.max_pending = max_pending
         self.produce_timeout = produce_timeout_ms / 1000
+        self.metrics = metrics  # ops.metrics.Metrics: counts dlq{reason="collector"}
         self.pending = 0
         self.producer: AIOKafkaProducer | None = None
         self._open: dict[int, _Envelope] = {}
@@ -163,6 +166,14 @@ class KafkaIntake:
             payload = bytes(payload).decode("utf-8", errors="replace")
         record = {"stage": "collector", "source": source, "reason": reason, "payload": payload}
         try:
-            await asyncio.wait_for(self.producer.send_and_wait(self.dlq_topic, orjson.dumps(record)), self.produce_timeout)
+            value = orjson.dumps(record)
+        except TypeError:  # orjson.JSONEncodeError: nested deeper than orjson writes (~250 levels)
+            value = orjson.dumps({**record, "payload": bounded(payload)})
+        try:
+            await asyncio.wait_for(self.producer.send_and_wait(self.dlq_topic, value), self.produce_timeout)
         except Exception as exc:  # noqa: BLE001 - the DLQ must never take the request down with it
             log.error("could not write DLQ record from %s (%s): %s", source, reason, exc)
+            return
+        if self.metrics is not None:
+            self.metrics.dlq.labels(reason="collector").inc()
+

@@ -8,7 +8,17 @@ described in DESIGN.md section 3.
 Event time follows Segment's clock-skew correction: when the client says when it
 sent the call (``sentAt``) the event time is
 ``receivedAt - (sentAt - timestamp)``, so a phone whose clock is an hour off still
-lands its events at the right moment.
+lands its events at the right moment. Which client time is corrected follows Segment's
+spec (Spec: Common Fields, Timestamps): ``originalTimestamp`` when given (a call that
+already went through Segment carries its corrected ``timestamp`` next to the client's
+``originalTimestamp``), else ``timestamp`` (what analytics.js and the server libraries
+send); without ``sentAt`` the given time is taken as is (historical import); without any
+time the event happened when it was received.
+
+A single call's type comes from its path (``/v1/track`` is a track call whatever the body
+says); every call in a batch must name its ``type`` (Segment's HTTP API rule). A batch's
+top-level ``context`` is merged into each call's context (the call's own keys win) and its
+``sentAt`` applies to calls that do not carry their own: :func:`batch_item`.
 
 >>> ev = normalise("track", {"messageId": "m1", "userId": "u1", "event": "Demo Requested",
 ...     "timestamp": "2026-11-23T10:00:00Z", "sentAt": "2026-11-23T10:00:05Z"},
@@ -31,6 +41,12 @@ SHORT_PATHS = {"t": "track", "p": "page", "s": "screen", "i": "identify", "a": "
 
 # Keep ids and names sane; Segment itself caps messageId at 100 characters.
 MAX_ID_LENGTH = 200
+# Segment's HTTP API takes at most 2,500 calls in one batch request.
+MAX_BATCH_CALLS = 2500
+# Deepest nesting accepted in one call (orjson parses 1024 levels but writes only ~250).
+MAX_DEPTH = 32
+# Latest event time accepted after skew correction (year 9999 fits JSON's safe integers).
+MAX_TS_MS = 253_402_300_799_999
 
 
 class SegmentCall(BaseModel):
@@ -74,28 +90,106 @@ def _id(value: str | int | None) -> str | None:
 
 
 def event_time(call: SegmentCall, received_at: int) -> int:
-    """Segment's skew correction; falls back to the receive time when the client gave none."""
-    moment = call.timestamp or call.original_timestamp
-    if moment is None:
-        return received_at
+    """Segment's skew correction ``receivedAt - (sentAt - originalTimestamp)``.
+
+    The client time corrected is ``originalTimestamp`` when present, else ``timestamp``;
+    without ``sentAt`` there is nothing to correct with, so the given time is used as is
+    (``timestamp`` first: on a call that went through Segment it is already corrected);
+    without any time the event happened when it was received.
+    """
     if call.sent_at is not None:
+        moment = call.original_timestamp or call.timestamp
+        if moment is None:
+            return received_at
         return received_at - (_ms(call.sent_at) - _ms(moment))
-    return _ms(moment)
+    moment = call.timestamp or call.original_timestamp
+    return received_at if moment is None else _ms(moment)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def batch_item(item: Any, batch: dict[str, Any]) -> Any:
+    """One call of a ``/v1/batch`` body with the batch-level ``context`` and ``sentAt`` applied."""
+    if not isinstance(item, dict):
+        return item
+    shared = batch.get("context")
+    if isinstance(shared, dict) and shared:
+        own = item.get("context")
+        item = {**item, "context": _deep_merge(shared, own) if isinstance(own, dict) else shared}
+    if item.get("sentAt") is None and batch.get("sentAt") is not None:
+        item = {**item, "sentAt": batch["sentAt"]}
+    return item
+
+
+def nesting_problem(payload: dict[str, Any], limit: int = MAX_DEPTH) -> BadInput | None:
+    """A :class:`BadInput` naming the top-level field nested deeper than ``limit`` levels, else None."""
+    for field, value in payload.items():
+        stack = [(value, 2)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                children = node.values()
+            elif isinstance(node, list):
+                children = node
+            else:
+                continue
+            if depth > limit:
+                return BadInput(f"{field}: nested deeper than {limit} levels", field=str(field))
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return None
+
+
+def bounded(value: Any, depth: int = MAX_DEPTH) -> Any:
+    """A JSON-writable copy of ``value`` with what lies below ``depth`` levels replaced by a marker.
+
+    Used for DLQ records of refused input, which may be nested deeper than orjson writes.
+    """
+    if isinstance(value, (dict, list)):
+        if depth <= 0:
+            return f"<nested deeper than {MAX_DEPTH} levels>"
+        if isinstance(value, dict):
+            return {str(k): bounded(v, depth - 1) for k, v in value.items()}
+        return [bounded(v, depth - 1) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)[:1000]
 
 
 def _first_error(exc: ValidationError) -> BadInput:
     err = exc.errors()[0]
-    field = ".".join(str(part) for part in err["loc"]) or None
-    aliases = {"message_id": "messageId", "user_id": "userId", "anonymous_id": "anonymousId", "sent_at": "sentAt"}
+    # The top-level field names the culprit; deeper parts of loc are union members ("str", "int").
+    field = str(err["loc"][0]) if err["loc"] else None
+    aliases = {
+        "message_id": "messageId", "user_id": "userId", "anonymous_id": "anonymousId", "sent_at": "sentAt",
+        "original_timestamp": "originalTimestamp", "previous_id": "previousId", "group_id": "groupId",
+    }
     field = aliases.get(field or "", field)
     return BadInput(f"{field}: {err['msg']}" if field else err["msg"], field=field)
 
 
-def normalise(call_type: str, payload: Any, *, received_at: int, source: str) -> dict[str, Any]:
-    """One Segment call -> one normalised event; raises :class:`BadInput` naming the field."""
+def normalise(call_type: str | None, payload: Any, *, received_at: int, source: str) -> dict[str, Any]:
+    """One Segment call -> one normalised event; raises :class:`BadInput` naming the field.
+
+    ``call_type`` is the type the path names; ``None`` (a batch item) takes it from the
+    call's ``type``, which is then required.
+    """
     if not isinstance(payload, dict):
         raise BadInput("each call must be a JSON object")
-    call_type = payload.get("type") or call_type
+    too_deep = nesting_problem(payload)
+    if too_deep is not None:
+        raise too_deep
+    if call_type is None:
+        call_type = payload.get("type")
+        if not call_type:
+            raise BadInput("type: every call in a batch needs a type", field="type")
     if call_type not in CALL_TYPES:
         raise BadInput(f"type: unknown call type {call_type!r}", field="type")
     try:
@@ -113,7 +207,10 @@ def normalise(call_type: str, payload: Any, *, received_at: int, source: str) ->
         raise BadInput("userId or anonymousId is required", field="userId")
 
     properties = dict(call.properties)
-    traits = dict(call.traits) if call.traits else dict(call.context.get("traits") or {})
+    # context.traits describe the user on any call (RudderStack's identify sends its traits
+    # only there); top-level traits win over them.
+    context_traits = call.context.get("traits")
+    traits = _deep_merge(context_traits, call.traits) if isinstance(context_traits, dict) else dict(call.traits)
     name: str | None = None
     if call_type == "track":
         if not call.event:
@@ -127,6 +224,8 @@ def normalise(call_type: str, payload: Any, *, received_at: int, source: str) ->
                 properties[key] = page[key]
         if call.name:
             properties.setdefault("name", call.name)
+        if call.category:
+            properties.setdefault("category", call.category)
         if call_type == "screen":
             properties.setdefault("screen", True)
     elif call_type == "alias":
@@ -138,12 +237,17 @@ def normalise(call_type: str, payload: Any, *, received_at: int, source: str) ->
     else:
         kind = "identify"
 
+    ts = event_time(call, received_at)
+    if not 0 < ts <= MAX_TS_MS:
+        field = "sentAt" if call.sent_at is not None else "timestamp"
+        raise BadInput(f"{field}: the corrected event time is not after 1970", field=field)
+
     event: dict[str, Any] = {
         "id": call.message_id,
         "type": kind,
         "contact_id": contact_id,
         "anonymous_id": anonymous_id,
-        "ts": event_time(call, received_at),
+        "ts": ts,
         "received_at": received_at,
         "source": source,
         "traits": traits,

@@ -20,14 +20,21 @@ log = logging.getLogger(__name__)
 
 
 def _extra_routes(settings: Any, intake: Any, metrics: Metrics, redis: Redis):
-    """ESP webhooks and CRM routes, when that module is present."""
+    """ESP webhooks and CRM routes, when that module is present.
+
+    One-time webhook tokens (Mailgun) are remembered in Redis, so a replay is caught
+    whichever collector process of a scaled-out deployment receives it.
+    """
     try:
         from connectors.webhook_routes import add_webhook_routes
+        from connectors.webhooks.replay import RedisReplayGuard
     except ImportError:
         return None
 
+    guard = RedisReplayGuard(redis, prefix=f"{settings.topic_prefix}:webhook-token:")
+
     def add(app: web.Application) -> None:
-        add_webhook_routes(app, intake=intake, settings=settings, metrics=metrics)
+        add_webhook_routes(app, intake=intake, settings=settings, metrics=metrics, replay_guard=guard)
 
     return add
 
@@ -47,6 +54,7 @@ async def start_collector(settings: Any, broker_url: str, redis_url: str, metric
         max_envelope_events=settings.envelope_max_events,
         max_pending=settings.max_pending_events,
         produce_timeout_ms=settings.produce_timeout,
+        metrics=metrics,
     )
     await intake.start()
     redis = Redis.from_url(redis_url)
