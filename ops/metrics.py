@@ -13,6 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Label values known in advance (declared at 0 by the worker).
+DLQ_REASONS = ("invalid_json", "invalid_event", "too_late", "future", "sink")
+SINK_OUTCOMES = ("delivered", "duplicate", "dead_letter", "failed")
 BATCH_SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 
 
@@ -63,6 +66,20 @@ class Metrics:
             "leadpulse_http_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.rules_info = Gauge("leadpulse_rules_info", "Scoring model version in use (value 1)", ["version"], registry=r)
+
+    def declare_worker_series(self, sinks: list[str]) -> None:
+        """Create the worker's labelled series at 0 before anything happens.
+
+        Prometheus sees an increase only from a sample it already has: a counter
+        that first appears at 3 shows no ``increase()``, so an alert such as
+        LeadpulseSinkDeadLetters would miss the first dead letter after a restart.
+        """
+        for reason in DLQ_REASONS:
+            self.dlq.labels(reason=reason)
+        for sink in sinks:
+            for outcome in SINK_OUTCOMES:
+                self.sink_deliveries.labels(sink=sink, outcome=outcome)
+            self.sink_retries.labels(sink=sink)
 
     def set_rules_version(self, version: str) -> None:
         self.rules_info.clear()

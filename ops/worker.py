@@ -36,9 +36,16 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
 
     async def publish(out: BatchOutcome) -> None:
         # Contact state first: whoever sees a trigger can then read the contact it names.
-        await state_writer.write(out.views, out.docs)
-        if out.triggers:
-            await trigger_sink.write(out.triggers)
+        try:
+            await state_writer.write(out.views, out.docs)
+            added = await trigger_sink.write(out.triggers) if out.triggers else 0
+        except Exception:
+            # The stream layer holds the batch and retries publish: count each attempt.
+            metrics.sink_retries.labels(sink="redis").inc()
+            if out.triggers:
+                metrics.sink_deliveries.labels(sink="redis", outcome="failed").inc(len(out.triggers))
+            raise
+        _count_redis_deliveries(metrics, len(out.triggers), added)
 
     score: ScoreApp
 
@@ -46,8 +53,12 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
         for trigger in triggers:
             record = {"stage": "sink", "sink": sink, "reason": reason, "payload": trigger}
             await score.dlq_topic.send(value=orjson.dumps(record))
+        metrics.dlq.labels(reason="sink").inc(len(triggers))
+        log.warning("sink %s dead-lettered %d triggers: %s", sink, len(triggers), reason,
+                    extra={"sink": sink, "triggers": len(triggers)})
 
     runners = build_runners(settings, metrics=metrics, redis=redis, dead_letter=dead_letter)
+    metrics.declare_worker_series([trigger_sink.name] + [runner.name for runner in runners])
 
     async def deliver(triggers: list[dict[str, Any]]) -> None:
         for runner in runners:
@@ -70,16 +81,9 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
     async def reload_rules() -> None:
         holder.maybe_reload()
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=2.0)
     async def observe_lag() -> None:
-        consumer = app.consumer
-        for tp in consumer.assignment():
-            if tp.topic != config.events_topic:
-                continue
-            highwater = consumer.highwater(tp)
-            position = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust exposes no public getter
-            if highwater is not None and position is not None:
-                metrics.consumer_lag.labels(partition=str(tp.partition)).set(max(0, highwater - position - 1))
+        observe_consumer(score, metrics)
 
     if settings.worker_http_port:
 
@@ -97,6 +101,64 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
     return score
 
 
+def _count_redis_deliveries(metrics: Metrics, offered: int, added: int) -> None:
+    if offered:
+        metrics.sink_deliveries.labels(sink="redis", outcome="delivered").inc(added)
+        if offered > added:
+            # Replays of ids the stream already holds (a batch re-run after a restart).
+            metrics.sink_deliveries.labels(sink="redis", outcome="duplicate").inc(offered - added)
+
+
+def events_partitions(score: ScoreApp) -> list[int]:
+    """Partitions of the events topic this worker owns right now."""
+    try:
+        assignment = score.app.consumer.assignment()
+    except Exception:  # noqa: BLE001 - consumer not started yet
+        return []
+    return sorted(tp.partition for tp in assignment if tp.topic == score.config.events_topic)
+
+
+def observe_consumer(score: ScoreApp, metrics: Metrics) -> None:
+    """Set ``leadpulse_consumer_lag`` per owned partition and ``leadpulse_contacts``.
+
+    Lag is the broker's high watermark (next offset to be written) minus the
+    group's committed offset (next offset to read), the number kafka-consumer-groups
+    reports. Before the first commit of a fresh group the read position stands in.
+    Partitions this worker no longer owns (a rebalance moved them) are removed, so
+    two workers never both report one partition for long.
+    """
+    consumer = score.app.consumer
+    owned: set[str] = set()
+    for tp in consumer.assignment():
+        if tp.topic != score.config.events_topic:
+            continue
+        highwater = consumer.highwater(tp)
+        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust exposes no public getter
+        if committed is None:
+            read = getattr(consumer, "_read_offset", {}).get(tp)
+            committed = None if read is None else read + 1
+        if highwater is None or committed is None:
+            continue
+        owned.add(str(tp.partition))
+        metrics.consumer_lag.labels(partition=str(tp.partition)).set(max(0, highwater - committed))
+    for labels in list(metrics.consumer_lag._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+        if labels[0] not in owned:
+            metrics.consumer_lag.remove(*labels)
+    metrics.contacts.set(len(score.contacts.data))
+
+
+async def _broker_problem(score: ScoreApp) -> str | None:
+    """None when the broker answers a metadata request within 2 s, else the reason."""
+    producer = getattr(score.app.producer, "_producer", None)
+    if producer is None:
+        return "broker: producer not started"
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return f"broker: {exc or type(exc).__name__}"
+    return None
+
+
 async def _start_http(settings: Any, score: ScoreApp, redis: Redis, metrics: Metrics) -> None:
     async def metrics_endpoint(request: web.Request) -> web.Response:
         body, content_type = metrics.render()
@@ -111,16 +173,21 @@ async def _start_http(settings: Any, score: ScoreApp, redis: Redis, metrics: Met
             await asyncio.wait_for(redis.ping(), timeout=2)
         except Exception as exc:  # noqa: BLE001
             problems.append(f"redis: {exc or type(exc).__name__}")
+        broker = await _broker_problem(score)
+        if broker:
+            problems.append(broker)
         app = score.app
         if app.rebalancing:
             problems.append("consumer group: rebalancing")
         if not app.tables.recovery.completed.is_set():
             problems.append("tables: recovery not finished")
-        if not app.consumer.assignment():
+        partitions = events_partitions(score)
+        if not partitions:
             problems.append("consumer group: no partitions assigned yet")
+        body = {"partitions": partitions, "batches": score.batches, "pid": os.getpid()}
         if problems:
-            return web.json_response({"status": "not ready", "problems": problems}, status=503)
-        return web.json_response({"status": "ready", "batches": score.batches})
+            return web.json_response({"status": "not ready", "problems": problems, **body}, status=503)
+        return web.json_response({"status": "ready", **body})
 
     web_app = web.Application()
     web_app.router.add_get("/metrics", metrics_endpoint)
