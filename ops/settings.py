@@ -111,6 +111,7 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated URLs that receive signed trigger webhooks"
     )
     webhook_secret: SecretStr | None = Field(None, description='Standard Webhooks secret, "whsec_<base64>"')
+    slack_min_interval: Duration = Field(1_000, description="least time between two Slack messages (Slack allows ~1/s per webhook)")
     trigger_stream_maxlen: int = Field(100_000, ge=1, description="approximate MAXLEN of the Redis trigger stream")
     public_url: str = Field("", description="base URL used in links to contact pages (default http://host:port)")
 
