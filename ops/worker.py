@@ -215,4 +215,7 @@ def run_worker(settings: Any, broker_url: str, redis_url: str) -> None:
     )
     score = build_worker(settings, broker_url, redis_url)
     worker = faust.Worker(score.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+    # faust's terminal spinner writes cursor escape codes to stdout even when it is
+    # not a terminal; they would break one-JSON-object-per-line logs.
+    worker.spinner = None
     worker.execute_from_commandline()
