@@ -1,10 +1,12 @@
-"""A real Prometheus scrapes a leadpulse /metrics endpoint and evaluates ops/prometheus/alerts.yml.
+"""A real Prometheus scrapes a running collector and worker and evaluates ops/prometheus/alerts.yml.
 
-The scrape target is the `scrape_target` fixture: today a small HTTP server serving
-`Metrics().render()` that the test drives directly; pointing the test at a running
-worker means replacing that fixture with one that starts the worker and whose
-`provoke` makes a sink dead-letter a trigger. Everything else (the Prometheus
-process, its config, the waiting) stays as it is.
+The scrape targets are the `scrape_target` fixture: a real `Stack` (collector and
+worker processes on the session's broker and Redis) whose worker has one webhook
+sink pointing at a local endpoint that answers 400. `provoke` sends a lead that
+crosses MQL through the collector, so the worker dead-letters the webhook
+deliveries and LeadpulseSinkDeadLetters fires; `send_future_events` makes the worker
+dead-letter events (reason `future`), so LeadpulseDLQRateHigh goes pending (its
+`for: 10m` is too long to wait for). The rules are the production ones, unchanged.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ import importlib.util
 import json
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import yaml
 
-from ops.metrics import Metrics
+from connectors.sinks.delivery import webhook_sink_name
+from ops.settings import Settings
+from ops.supervisor import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +46,12 @@ WAIT_LIMIT_S = 90.0
 
 @dataclass
 class ScrapeTarget:
-    """Something serving leadpulse metrics, and a way to make it dead-letter a trigger."""
+    """Running leadpulse processes to scrape, and ways to make them misbehave."""
 
-    job: str
-    address: str  # host:port
+    targets: dict[str, str]  # job -> host:port
     provoke: Callable[[], None]  # after this, leadpulse_sink_deliveries_total{outcome="dead_letter"} rises
     sink: str  # the sink label the provoked dead letter carries
+    send_future_events: Callable[[int], None]  # the worker dead-letters them with reason "future"
 
 
 def _free_port() -> int:
@@ -58,40 +61,46 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def scrape_target() -> Iterator[ScrapeTarget]:
-    metrics = Metrics()
-    metrics.set_rules_version("test")
-    # Children exist at 0 from the first scrape, so the later rise is an increase
-    # Prometheus can see (a series that appears already at 3 shows no increase).
-    metrics.sink_deliveries.labels(sink="webhook", outcome="delivered").inc(5)
-    dead = metrics.sink_deliveries.labels(sink="webhook", outcome="dead_letter")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path != "/metrics":
-                self.send_error(404)
-                return
-            body, content_type = metrics.render()
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass  # one line per scrape is noise
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def scrape_target(services, tmp_path: Path) -> Iterator[ScrapeTarget]:
+    receiver = _ops_support.WebhookReceiver(default=400)
+    unique = uuid.uuid4().hex[:8]
+    settings = Settings(
+        _env_file=None,
+        broker_url=services.broker_url,
+        redis_url=services.redis_url,
+        app_id=f"lp-prom-{unique}",
+        topic_prefix=f"lp-prom-{unique}",
+        data_dir=tmp_path / "stack",
+        http_port=0,
+        worker_http_port=0,
+        partitions=2,
+        webhook_urls=[receiver.url],
+    )
+    stack = Stack(settings)
     try:
+        stack.start(ready_timeout=90)
+
+        def post_batch(batch: list[dict]) -> None:
+            status, body = _ops_support.post(f"{stack.base_url}/v1/batch", {"batch": batch}, _ops_support.DEMO_AUTH)
+            assert status == 200, body
+
+        def provoke() -> None:
+            post_batch(_ops_support.qualified_lead_calls(f"prom-{uuid.uuid4().hex[:6]}"))
+
+        def send_future_events(n: int) -> None:
+            post_batch([{"type": "track", "messageId": f"fut-{uuid.uuid4()}", "userId": f"clock-{i}",
+                         "event": "Demo Requested", "timestamp": "2099-01-01T00:00:00Z"} for i in range(n)])
+
         yield ScrapeTarget(
-            job="leadpulse-worker", address=f"127.0.0.1:{server.server_address[1]}", provoke=lambda: dead.inc(3), sink="webhook"
+            targets={"leadpulse-collector": f"127.0.0.1:{stack.http_port}",
+                     "leadpulse-worker": f"127.0.0.1:{stack.worker_port}"},
+            provoke=provoke,
+            sink=webhook_sink_name(receiver.url),
+            send_future_events=send_future_events,
         )
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        stack.stop()
+        receiver.close()
 
 
 @dataclass
@@ -131,7 +140,9 @@ def prometheus(scrape_target: ScrapeTarget, tmp_path: Path) -> Iterator[Promethe
         # production ones, unchanged.
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
-        "scrape_configs": [{"job_name": scrape_target.job, "static_configs": [{"targets": [scrape_target.address]}]}],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [address]}]} for job, address in scrape_target.targets.items()
+        ],
     }
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
@@ -185,7 +196,14 @@ def test_real_prometheus_evaluates_the_alert_rules(prometheus: PrometheusServer,
     expected = {rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]}
     assert loaded == expected
 
-    # The target is scraped and its dead-letter counter is seen at 0.
+    # Both processes are scraped, and the worker's dead-letter counter is seen at 0
+    # (the worker declares its sink series at start, so the first dead letter is an increase).
+    def both_up() -> bool:
+        result = prometheus.api("/api/v1/query", query='up{job=~"leadpulse.*"}')["result"]
+        return {r["metric"]["job"]: r["value"][1] for r in result} == {job: "1" for job in scrape_target.targets}
+
+    prometheus.wait_for("both targets to be up", both_up)
+
     def dead_letters_at_zero() -> bool:
         result = prometheus.api(
             "/api/v1/query", query=f'leadpulse_sink_deliveries_total{{sink="{scrape_target.sink}",outcome="dead_letter"}}'
@@ -193,6 +211,11 @@ def test_real_prometheus_evaluates_the_alert_rules(prometheus: PrometheusServer,
         return bool(result) and float(result[0]["value"][1]) == 0.0
 
     prometheus.wait_for("the first scrape", dead_letters_at_zero)
+    # The collector has accepted nothing yet: the ingest counter is absent, held pending by `for: 30m`.
+    absent = prometheus.wait_for(
+        "LeadpulseIngestAbsent to be pending", lambda: _alerts(prometheus).get("LeadpulseIngestAbsent", [])
+    )
+    assert [a["state"] for a in absent] == ["pending"]
     assert not _alerts(prometheus).get("LeadpulseSinkDeadLetters")
 
     scrape_target.provoke()
@@ -205,10 +228,19 @@ def test_real_prometheus_evaluates_the_alert_rules(prometheus: PrometheusServer,
     assert alert["labels"]["severity"] == "warning"
     assert alert["annotations"]["summary"] == f"leadpulse gave up delivering triggers to {scrape_target.sink}"
 
-    # A rule with `for:` is held pending: no event was ever received, so the ingest
-    # counter is absent, but not yet for 30 minutes.
-    absent = _alerts(prometheus).get("LeadpulseIngestAbsent", [])
-    assert [a["state"] for a in absent] == ["pending"]
-    # Never having had traffic is not "ingest stopped", and the healthy target is not down.
-    assert "LeadpulseIngestStopped" not in _alerts(prometheus)
-    assert "LeadpulseTargetDown" not in _alerts(prometheus)
+    # Events with a clock far in the future: the worker dead-letters them (reason
+    # "future"), well above 5 % of intake, so the DLQ rule matches and is held pending.
+    scrape_target.send_future_events(40)
+
+    def dlq_rule_pending() -> list[dict]:
+        return [a for a in _alerts(prometheus).get("LeadpulseDLQRateHigh", []) if a["labels"].get("reason") == "future"]
+
+    (dlq_alert,) = prometheus.wait_for("LeadpulseDLQRateHigh{reason=future} to be pending", dlq_rule_pending)
+    assert dlq_alert["state"] == "pending"
+
+    # Events were received now, so the absent rule let go; traffic never stopped and no target is down.
+    alerts = _alerts(prometheus)
+    assert "LeadpulseIngestAbsent" not in alerts
+    assert "LeadpulseIngestStopped" not in alerts
+    assert "LeadpulseTargetDown" not in alerts
+    assert "LeadpulseHTTPErrors" not in alerts
