@@ -537,7 +537,12 @@ def build_runners(
     ledger: DeliveryLedger = RedisLedger(redis) if redis is not None else InMemoryLedger()
     runners: list[SinkRunner] = []
     if settings.slack_webhook_url is not None and settings.slack_webhook_url.get_secret_value():
-        sink = SlackSink(settings.slack_webhook_url.get_secret_value(), base_url=settings.base_url, session=session)
+        sink = SlackSink(
+            settings.slack_webhook_url.get_secret_value(),
+            base_url=settings.base_url,
+            session=session,
+            min_interval_ms=int(getattr(settings, "slack_min_interval", 1000)),
+        )
         runners.append(SinkRunner(sink, metrics=metrics, ledger=ledger, dead_letter=dead_letter, **runner_options))
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret is not None else None
     if settings.webhook_urls and not secret:
