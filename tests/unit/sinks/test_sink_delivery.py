@@ -372,3 +372,11 @@ def test_build_runners_from_settings():
     assert isinstance(runners[0].ledger, RedisLedger)
     assert runners[0].sink.base_url == "https://leads.example"
     assert webhook_sink_name("https://a.example/hook?token=s3cret") == names[1]
+    assert runners[0].sink.min_interval == 1.0  # Slack's ~1 message/s per webhook by default
+
+
+def test_slack_pacing_comes_from_settings():
+    settings = Settings(_env_file=None, slack_webhook_url=SecretStr("https://hooks.slack.example/x"),
+                        slack_min_interval="250ms")
+    (runner,) = build_runners(settings, metrics=None, redis=None, dead_letter=None)
+    assert runner.sink.min_interval == 0.25
