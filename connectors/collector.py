@@ -48,6 +48,9 @@ JSON_TYPES = ("application/json", "text/plain", "")
 # aiohttp inflates these request encodings itself, in bounded steps (see Collector._read_body).
 CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate")
 _READ_CHUNK = 64 * 1024
+# Set on a request whose body was left unread or undecodable: answer with Connection: close,
+# so neither the server drains a (possibly huge) body nor the client reuses a broken connection.
+CLOSE_AFTER = "leadpulse.close_after"
 _PREVIEW_BYTES = 2048
 # Segment's error codes are not documented; clients (analytics-python, rudder-sdk-python)
 # read "code" and "message" from an error body, so every error answer carries both.
@@ -146,6 +149,7 @@ class Collector:
             )
             code = "wrong_content_encoding"
         elif request.content_length is not None and request.content_length > limit:
+            request[CLOSE_AFTER] = True  # the body stays unread: do not drain it, close
             exc = BadInput(f"body is larger than {limit} bytes", field="body", status=413)
             raise await self._refuse(source, "too_large", exc, {"content_length": request.content_length})
         chunks: list[bytes] = []
@@ -157,12 +161,14 @@ class Collector:
                     break
                 size += len(chunk)
                 if size > limit:
+                    request[CLOSE_AFTER] = True
                     what = "decompressed body" if encoding not in ("", "identity") else "body"
                     exc = BadInput(f"{what} is larger than {limit} bytes", field="body", status=413)
                     preview = b"".join(chunks)[:_PREVIEW_BYTES].decode("utf-8", errors="replace")
                     raise await self._refuse(source, "too_large", exc, {"preview": preview, "bytes_read": size})
                 chunks.append(chunk)
         except (ContentEncodingError, PayloadEncodingError, RequestPayloadError):
+            request[CLOSE_AFTER] = True  # the stream is broken: the connection cannot be reused
             exc = BadInput(f"Content-Encoding: body is not valid {encoding}", field="Content-Encoding")
             raise await self._refuse(source, "bad_encoding", exc, {"content_encoding": encoding}) from None
         raw = b"".join(chunks)
@@ -333,6 +339,8 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
     except Exception:  # noqa: BLE001 - a bug must not take the collector down
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = json_response(_error_body(500, "internal error"), 500, headers)
+    if request.get(CLOSE_AFTER):
+        response.force_close()
     collector.metrics.http_requests.labels(route=route, code=str(response.status)).inc()
     collector.metrics.http_duration.labels(route=route).observe(time.perf_counter() - started)
     return response
