@@ -68,6 +68,8 @@ class BenchConfig:
 
 
 def _git_commit() -> str:
+    if os.environ.get("BENCH_COMMIT"):  # set when running from an exported snapshot (see README)
+        return os.environ["BENCH_COMMIT"]
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

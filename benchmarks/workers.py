@@ -119,7 +119,7 @@ class WorkerGroup:
 
 
 def measure_group(group: WorkerGroup, expected: int, progress: Progress, label: str,
-                  timeout_s: float = 900.0, on_first: Any = None) -> dict[str, Any]:
+                  timeout_s: float = 900.0, on_first: Any = None, stall_s: float = 60.0) -> dict[str, Any]:
     """Scrape until ``expected`` events are done; rate from the first to the last progressing scrape."""
     started = time.monotonic()
     first: tuple[float, float] | None = None
@@ -147,6 +147,11 @@ def measure_group(group: WorkerGroup, expected: int, progress: Progress, label: 
                 progress.step(label, f"{done:,.0f}/{expected:,} events ({done / expected:.0%}) ~{rate:,.0f} events/s")
             if done >= expected:
                 break
+        if last is not None and time.perf_counter() - last[0] > stall_s:
+            raise RuntimeError(f"{label}: no progress for {stall_s:.0f} s at {last[1]:,.0f}/{expected:,} events; "
+                               f"see {group.logs}")
+        if first is None and time.monotonic() - started > stall_s * 2:
+            raise RuntimeError(f"{label}: no event done {stall_s * 2:.0f} s after start; see {group.logs}")
         if time.monotonic() - started > timeout_s:
             raise RuntimeError(f"{label}: only {values.get('leadpulse_batch_size_sum', 0):,.0f}/{expected:,} events "
                                f"after {timeout_s:.0f} s; see {group.logs}")
