@@ -36,6 +36,8 @@ class _Envelope:
     def __init__(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
         self.events: list[dict[str, Any]] = []
         self.done: asyncio.Future = loop.create_future()
+        # A failure that arrives after every waiter gave up is still "retrieved" (no asyncio warning).
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.key = key
 
 
@@ -126,13 +128,18 @@ class KafkaIntake:
         if self._open and self._flush_handle is None:
             self._flush_handle = loop.call_later(self.linger, self._flush_all)
         try:
-            await asyncio.wait_for(asyncio.gather(*waits.values()), timeout=self.produce_timeout)
-        except asyncio.TimeoutError:
-            raise BrokerUnavailable(f"broker did not acknowledge within {self.produce_timeout:.0f}s") from None
-        except Exception as exc:  # noqa: BLE001 - any produce failure means not accepted
-            raise BrokerUnavailable(f"broker refused the events: {exc}") from None
+            # asyncio.wait, not wait_for(gather(...)): an envelope's future is shared by every
+            # request whose events it carries, and a timeout here must not cancel it for the others.
+            done, not_done = await asyncio.wait(waits.values(), timeout=self.produce_timeout)
         finally:
             self.pending -= len(events)
+        if not_done:
+            raise BrokerUnavailable(f"broker did not acknowledge within {self.produce_timeout:g}s")
+        for future in done:
+            if future.cancelled():
+                raise BrokerUnavailable("the send was cancelled (collector shutting down)")
+            if future.exception() is not None:
+                raise BrokerUnavailable(f"broker refused the events: {future.exception()}")
 
     def _flush_all(self) -> None:
         self._flush_handle = None
