@@ -101,7 +101,8 @@ def run(config: BenchConfig, broker_url: str = "", redis_url: str = "", progress
     result: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "broker": "tansu (embedded)" if not broker_url else "configured",
         "quick": config.quick,
         "config": {"events": config.events, "known_contacts": config.known, "partitions": config.partitions,
@@ -155,6 +156,7 @@ def run(config: BenchConfig, broker_url: str = "", redis_url: str = "", progress
         if not config.keep and config.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _headline(result)
     return result
 
@@ -247,7 +249,7 @@ def table(result: dict[str, Any]) -> str:
                      f"in {lp.get('mean_batch_ms')} ms")
     wl = result.get("workload") or {}
     head = (f"leadpulse bench {'--quick ' if result.get('quick') else ''}{result.get('date')} commit {result.get('commit')} "
-            f"({result['machine']['cpus']} cpus, {result.get('broker')}); workload {wl.get('events', 0):,} events, "
+            f"({result['machine']['cpus']} cpus, load {result['machine']['loadavg_at_start'][0]}, {result.get('broker')}); workload {wl.get('events', 0):,} events, "
             f"{wl.get('contacts', 0):,} contacts, {_dig(result, 'produce', 'events_per_record') or '-'} events/record; "
             f"{result.get('elapsed_s')} s")
     return "\n".join([head, ""] + lines + [""] + extra)
