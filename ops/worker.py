@@ -85,11 +85,13 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
     async def observe_lag() -> None:
         observe_consumer(score, metrics)
 
-    if settings.worker_http_port:
-
-        @app.task
-        async def serve_http() -> None:
+    async def start_http() -> None:
+        if settings.worker_http_port:
             await _start_http(settings, score, redis, metrics)
+
+    # run_worker starts it before the app, so /readyz answers 503 with the reason
+    # (consumer group, table recovery) while the worker is still joining.
+    score.start_http = start_http  # type: ignore[attr-defined]
 
     @app.on_before_shutdown.connect
     async def close_sinks(app: Any, **kwargs: Any) -> None:
@@ -111,8 +113,11 @@ def _count_redis_deliveries(metrics: Metrics, offered: int, added: int) -> None:
 
 def events_partitions(score: ScoreApp) -> list[int]:
     """Partitions of the events topic this worker owns right now."""
+    consumer = score.app._consumer  # noqa: SLF001 - reading app.consumer would create it
+    if consumer is None:
+        return []
     try:
-        assignment = score.app.consumer.assignment()
+        assignment = consumer.assignment()
     except Exception:  # noqa: BLE001 - consumer not started yet
         return []
     return sorted(tp.partition for tp in assignment if tp.topic == score.config.events_topic)
@@ -149,7 +154,7 @@ def observe_consumer(score: ScoreApp, metrics: Metrics) -> None:
 
 async def _broker_problem(score: ScoreApp) -> str | None:
     """None when the broker answers a metadata request within 2 s, else the reason."""
-    producer = getattr(score.app.producer, "_producer", None)
+    producer = getattr(score.app._producer, "_producer", None)  # noqa: SLF001 - app.producer would create it
     if producer is None:
         return "broker: producer not started"
     try:
@@ -177,12 +182,14 @@ async def _start_http(settings: Any, score: ScoreApp, redis: Redis, metrics: Met
         if broker:
             problems.append(broker)
         app = score.app
-        if app.rebalancing:
+        if app._consumer is None:  # noqa: SLF001 - reading app.consumer would create it
+            problems.append("consumer group: consumer not started yet")
+        elif app.rebalancing:
             problems.append("consumer group: rebalancing")
         if not app.tables.recovery.completed.is_set():
             problems.append("tables: recovery not finished")
         partitions = events_partitions(score)
-        if not partitions:
+        if app._consumer is not None and not partitions:  # noqa: SLF001
             problems.append("consumer group: no partitions assigned yet")
         body = {"partitions": partitions, "batches": score.batches, "pid": os.getpid()}
         if problems:
@@ -214,7 +221,12 @@ def run_worker(settings: Any, broker_url: str, redis_url: str) -> None:
         ensure_topics(broker_url, [settings.events_topic, settings.triggers_topic, settings.dlq_topic], settings.partitions)
     )
     score = build_worker(settings, broker_url, redis_url)
-    worker = faust.Worker(score.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+    class Worker(faust.Worker):
+        async def on_first_start(self) -> None:
+            await super().on_first_start()
+            await score.start_http()  # type: ignore[attr-defined]
+
+    worker = Worker(score.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
     # faust's terminal spinner writes cursor escape codes to stdout even when it is
     # not a terminal; they would break one-JSON-object-per-line logs.
     worker.spinner = None
