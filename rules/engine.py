@@ -95,8 +95,10 @@ Contract for the stream layer (pure functions, no clock, no I/O)::
         most one sla_breach). Returns [] and leaves the state untouched when nothing is due.
         Afterwards next_due(state) is None or > now_ms. The caller must then, like for an
         event batch: send the triggers to the triggers topic (key = contact id) and await the
-        acks, publish the view, and write the state (table + changelog); set "emitted_at" on
-        each trigger as for event triggers. If it crashes before the state write, the next
+        acks, publish the view, and write the state (table + changelog); set "emitted_at" and
+        "contact" (the trigger traits) on each trigger as for event triggers. Do not hold
+        sla_breach or nurture_exit for a veto: a suppression cancels the timer in the state,
+        and nurture_exit is also the exit report for a suppression that follows an MQL. If it crashes before the state write, the next
         tick fires the same trigger with the same id again and the sinks drop the repeat.
         Call it only for contacts owned by this worker (their partition is assigned), in the
         same task/order as event processing for that partition, so a tick and an event never
