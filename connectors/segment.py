@@ -234,6 +234,8 @@ def normalise(call_type: str | None, payload: Any, *, received_at: int, source: 
     elif call_type == "group":
         kind = "group"
         properties["group_id"] = _id(call.group_id)
+        if not properties["group_id"]:
+            raise BadInput("groupId: a group call needs a groupId", field="groupId")
     else:
         kind = "identify"
 

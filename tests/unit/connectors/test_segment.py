@@ -152,6 +152,9 @@ def test_group_keeps_group_id_and_traits():
     event = norm("group", base(groupId=42, traits={"industry": "Healthcare", "employees": 420}))
     assert event["type"] == "group" and event["properties"]["group_id"] == "42"
     assert event["traits"] == {"industry": "Healthcare", "employees": 420}
+    with pytest.raises(BadInput) as err:
+        norm("group", base(traits={"industry": "Healthcare"}))
+    assert err.value.field == "groupId"
 
 
 def test_numeric_ids_are_strings_and_blank_ids_are_missing():
