@@ -13,19 +13,21 @@ import asyncio
 import base64
 import copy
 import datetime as dt
+import hashlib
+import hmac
 import time
-from functools import lru_cache
 import uuid
+from functools import lru_cache
 from typing import Any, Callable
 
 import aiohttp
 import orjson
 import pytest
-from redis.asyncio import Redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from redis.asyncio import Redis
 from unit.connectors._webhook_support import (
     CERT_NAME,
     MAILGUN_KEY,
@@ -184,8 +186,6 @@ async def test_sendgrid_click_scores_and_unsubscribe_suppresses(stack, http):
 
 
 async def test_sendgrid_bad_signature_is_refused(stack, http):
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     contact = new_contact("sg-forged")
     status, body = await post_sendgrid(http, stack, [sendgrid_event("click", contact)], key=ec.generate_private_key(ec.SECP256R1()))
     assert status == 403 and body["success"] is False and body["error"]
@@ -197,9 +197,6 @@ async def test_sendgrid_bad_signature_is_refused(stack, http):
 
 
 def mailgun_body(name: str, contact: str, *, key: str = MAILGUN_KEY) -> dict[str, Any]:
-    import hashlib
-    import hmac
-
     body = fixture("mailgun", name)
     body["event-data"].update(recipient=contact, timestamp=now_ms() / 1000 - 1, id=uuid.uuid4().hex)
     timestamp, token = str(now_ms() // 1000), uuid.uuid4().hex + uuid.uuid4().hex[:18]
