@@ -10,9 +10,22 @@ Routes (DESIGN.md section 6):
   ``GET /v1/triggers/stream`` (Server-Sent Events), ``GET /`` (live hot-leads page).
 - ``GET /metrics``, ``/healthz``, ``/readyz``.
 
-Bad input gets a 4xx naming the field and reason and, where an event was involved,
-a DLQ record; nothing half-written reaches the broker because every call in a
-request is validated before any of it is submitted.
+Bad input gets a 4xx naming the field and reason (400 bad JSON/event, 401 write key,
+413 over 32 KB per call / 500 KB per batch body / 2,500 calls, 415 content type or
+encoding) and, where an event was involved, a DLQ record; nothing half-written reaches
+the broker because every call in a request is validated before any of it is submitted.
+Error bodies carry ``code`` and ``message`` besides ``error``: analytics-python and
+rudder-sdk-python read those two.
+
+DLQ policy: a request is dead-lettered only once the sender proved a write key (a known
+HTTP Basic user is checked before the body is read; a body ``writeKey`` after parsing).
+A request without a valid key gets its 401/400 and a metric, never a DLQ record, so an
+anonymous sender cannot fill the topic (the ESP webhook routes follow the same rule).
+
+Bodies may be gzip or deflate encoded (rudder-sdk-python gzips by default): aiohttp
+inflates them as they stream in, in bounded steps, and the limits apply to the inflated
+bytes, so a compression bomb is cut off at the limit. A body left unread (413) or
+undecodable is answered with ``Connection: close``.
 """
 
 from __future__ import annotations
