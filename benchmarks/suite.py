@@ -57,6 +57,7 @@ class BenchConfig:
     profile: Path | None = None
     profile_rate: int = 100
     produce_rate: float = 50_000.0
+    zipf: float = 1.0
     seed: int = 42
     work_dir: Path | None = None
     keep: bool = False
@@ -113,16 +114,18 @@ def run(config: BenchConfig, broker_url: str = "", redis_url: str = "", progress
     try:
         prefix = f"bench-{uuid.uuid4().hex[:6]}"
         topics = {"events": f"{prefix}-events", "triggers": f"{prefix}-triggers", "dlq": f"{prefix}-dlq"}
-        spec = WorkloadSpec(events=config.events, known=config.known, seed=config.seed, run=prefix,
+        spec = WorkloadSpec(events=config.events, known=config.known, seed=config.seed, run=prefix, zipf_s=config.zipf,
                             anonymous=max(1_000, config.known // 5))
         workload = generate(spec, progress=lambda n, total: progress.step("generate", f"{n:,}/{total:,} events"))
         expected = len(workload.events)
         result["workload"] = {"events": expected, "contacts": workload.contacts, "known_contacts": workload.known_contacts,
                               "duplicates": workload.duplicates, "out_of_order": workload.out_of_order,
-                              "hot_contacts": workload.hot_contacts, "generate_s": round(workload.generate_s, 1)}
+                              "hot_contacts": workload.hot_contacts, "generate_s": round(workload.generate_s, 1),
+                              "zipf_s": config.zipf, "top_contact_events": workload.top_contact_events}
         progress.done("generate", f"{expected:,} events over {workload.contacts:,} contacts "
                                   f"({workload.duplicates:,} duplicates, {workload.out_of_order:,} out of order, "
-                                  f"{workload.hot_contacts} hot prospects) in {workload.generate_s:.1f} s")
+                                  f"{workload.hot_contacts} hot prospects; busiest contact {workload.top_contact_events:,} events, "
+                                  f"Zipf s={config.zipf:g}) in {workload.generate_s:.1f} s")
         result["produce"] = asyncio.run(preproduce(broker, topics, config.partitions, workload.events, progress,
                                                    rate=config.produce_rate or None))
         del workload

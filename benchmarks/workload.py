@@ -72,6 +72,7 @@ class Workload:
     out_of_order: int
     hot_contacts: int
     generate_s: float
+    top_contact_events: int = 0  # events of the busiest contact key (the Zipf head)
 
 
 def _uuid(rng: random.Random) -> str:
@@ -242,8 +243,13 @@ def generate(spec: WorkloadSpec, now_ms: int | None = None, progress: Any = None
     out.sort(key=lambda item: (item[0], item[1]))
     events = [e for _, _, e in out]
     ooo = sum(1 for a, b in zip(events, events[1:]) if b["ts"] < a["ts"] - 1_000)
+    per_key: dict[str, int] = {}
+    for e in events:
+        k = e["contact_id"] or e["anonymous_id"]
+        per_key[k] = per_key.get(k, 0) + 1
     return Workload(events=events, contacts=len(keys), known_contacts=len(known_seen), duplicates=dups,
-                    out_of_order=ooo, hot_contacts=hot, generate_s=time.perf_counter() - started)
+                    out_of_order=ooo, hot_contacts=hot, generate_s=time.perf_counter() - started,
+                    top_contact_events=max(per_key.values()) if per_key else 0)
 
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -21,7 +21,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     config = BenchConfig.quick_defaults() if args.quick else BenchConfig()
-    for name in ("events", "produce_rate", "partitions", "baseline_seconds", "rate_seconds", "state_distinct", "seed", "profile_rate"):
+    for name in ("events", "zipf", "produce_rate", "partitions", "baseline_seconds", "rate_seconds", "state_distinct", "seed", "profile_rate"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
@@ -61,6 +61,8 @@ def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
     bench.add_argument("--events", type=int, help="events to pre-produce (default 1,000,000; quick 30,000)")
     bench.add_argument("--known", type=int, help="known-contact population the Zipf skew runs over (default 1,000,000)")
+    bench.add_argument("--zipf", type=float,
+                       help="Zipf exponent of activity across known contacts (default 1.0, a heavy head as in YCSB)")
     bench.add_argument("--produce-rate", type=float,
                        help="events/s at which the workload is pre-produced through the collector's producer; sets "
                             "the events per envelope record (default 50000; 0 = as fast as possible)")
