@@ -1,4 +1,4 @@
-"""Bad input against the real collector process: the right 4xx with a reason, a DLQ record where an event
+"""Bad input against a real ``leadpulse collector`` process: the right 4xx with a reason, a DLQ record where an event
 from a known sender was involved, and a collector that keeps serving.
 
 DLQ policy checked here: what a sender with a valid write key sent and we refused is on the DLQ
@@ -8,8 +8,15 @@ dead-lettered, so an anonymous sender cannot fill the topic.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +25,9 @@ import aiohttp
 import orjson
 import pytest
 
-from ops.settings import Settings
-from ops.supervisor import Stack
+from ops.embedded import free_port
+from ops.settings import Settings, settings_env
+from streams.topics import ensure_topics
 from topic_reader import read_until
 
 pytestmark = pytest.mark.e2e
@@ -28,23 +36,58 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(b"demo:").decode()}
 JSON = {"Content-Type": "application/json"}
 
 
+@dataclass
+class Collector:
+    """A real ``leadpulse collector`` child process (no worker: nothing here needs scoring)."""
+
+    settings: Settings
+    services: Any
+    process: subprocess.Popen
+    base_url: str
+
+    def problems(self) -> list[str]:
+        return [] if self.process.poll() is None else [f"collector exited ({self.process.returncode})"]
+
+
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory):
     unique = uuid.uuid4().hex[:8]
+    data_dir = tmp_path_factory.mktemp("inbound-bad")
     settings = Settings(
         _env_file=None,
         broker_url=services.broker_url,
         redis_url=services.redis_url,
         app_id=f"lp-bad-{unique}",
         topic_prefix=f"lp-bad-{unique}",
-        data_dir=tmp_path_factory.mktemp("inbound-bad"),
-        http_port=0,
+        data_dir=data_dir,
+        http_port=free_port(),
         worker_http_port=0,
         partitions=2,
     )
-    running = Stack(settings).start(ready_timeout=90)
-    yield running
-    running.stop()
+    asyncio.run(ensure_topics(services.broker_url, [settings.events_topic, settings.triggers_topic, settings.dlq_topic], 2))
+    with open(data_dir / "collector.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ops.cli", "collector"], env={**os.environ, **settings_env(settings)},
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    running = Collector(settings, services, process, f"http://127.0.0.1:{settings.http_port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"collector exited; see {data_dir / 'collector.log'}"
+            try:
+                with urllib.request.urlopen(f"{running.base_url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"collector not ready; see {data_dir / 'collector.log'}"
+            time.sleep(0.1)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def call(**fields: Any) -> dict[str, Any]:
@@ -115,7 +158,7 @@ def cases() -> list[Case]:
     ]
 
 
-async def test_each_bad_request_gets_its_4xx_reason_and_dlq_record(stack: Stack):
+async def test_each_bad_request_gets_its_4xx_reason_and_dlq_record(stack: Collector):
     expected_dlq: list[str] = []
     async with aiohttp.ClientSession() as http:
         for case in cases():
@@ -157,7 +200,7 @@ async def test_each_bad_request_gets_its_4xx_reason_and_dlq_record(stack: Stack)
     assert deep["payload"]["userId"] == "bad-input-user"
 
 
-async def test_a_batch_with_good_and_bad_calls_keeps_the_good_ones(stack: Stack):
+async def test_a_batch_with_good_and_bad_calls_keeps_the_good_ones(stack: Collector):
     good = call(type="page", properties={"path": "/"})
     too_big = call(properties={"blob": "y" * 40_000})
     no_id = call(userId=None)
