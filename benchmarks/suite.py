@@ -247,6 +247,8 @@ def table(result: dict[str, Any]) -> str:
                      f"{rs['replay_events_per_contact']} events/contact)")
     lp = result.get("leadpulse") or {}
     if lp:
+        if lp.get("rate_by_decile"):
+            extra.append("leadpulse events/s by tenth of the run: " + ", ".join(f"{r:,}" for r in lp["rate_by_decile"]))
         extra.append(f"leadpulse worker: {lp.get('triggers', 0):,} triggers, {lp.get('duplicates', 0):,} duplicates "
                      f"skipped, {lp.get('dlq', 0):,} dead letters, mean batch {lp.get('mean_batch_events')} events "
                      f"in {lp.get('mean_batch_ms')} ms")

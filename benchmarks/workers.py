@@ -175,6 +175,7 @@ def measure_group(group: WorkerGroup, expected: int, progress: Progress, label: 
         "mean_batch_ms": round(values.get("leadpulse_batch_duration_seconds_sum", 0) / batches * 1000, 2) if batches else 0,
         "busy_share": round(values.get("leadpulse_batch_duration_seconds_sum", 0) / seconds, 2) if seconds else 0,
         "contacts": int(values.get("leadpulse_contacts", 0)),
+        "rate_by_decile": _deciles(samples, expected),
         "workers": len(group.procs),
         "app_id": group.app_id,
     }
@@ -182,6 +183,21 @@ def measure_group(group: WorkerGroup, expected: int, progress: Progress, label: 
                          f"{eps:,.0f} events/s ({len(group.procs)} worker(s); mean batch {result['mean_batch_events']} "
                          f"events in {result['mean_batch_ms']} ms)")
     return result
+
+
+def _deciles(samples: list[tuple[float, float]], expected: int) -> list[int]:
+    """events/s within each tenth of the events (shows a rate that decays as state grows)."""
+    rates: list[int] = []
+    prev_t, prev_n = samples[0] if samples else (0.0, 0.0)
+    for tenth in range(1, 11):
+        goal = expected * tenth / 10
+        hit = next(((t, n) for t, n in samples if n >= goal), None)
+        if hit is None:
+            break
+        t, n = hit
+        rates.append(round((n - prev_n) / (t - prev_t)) if t > prev_t else 0)
+        prev_t, prev_n = t, n
+    return rates
 
 
 def run_leadpulse(broker: str, redis: str, prefix: str, partitions: int, expected: int, work_dir: Path,
