@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     envelope_max_events: int = Field(500, ge=1, description="most events in one envelope record")
     batch_max: int = Field(1000, ge=1, description="most records the score agent takes per batch")
     batch_within: Duration = Field(20, description="longest the score agent waits to fill a batch")
-    lateness: Duration = Field(10_000, description="allowed lateness of the per-contact reorder buffer")
+    lateness: Duration = Field(10_000, description="how late an event may arrive and still veto handoff triggers (mql, route_to_sales wait this long; alerts do not)")
     late_limit: Duration = Field(30 * 86_400_000, description="events older than this go to the DLQ")
     future_skew: Duration = Field(300_000, description="events further in the future than this go to the DLQ")
     dedupe_window: Duration = Field(7 * 86_400_000, description="how long event ids are remembered for dedupe")

@@ -8,6 +8,7 @@ runners) and ``ops`` (metrics, health, rules hot reload). A small aiohttp server
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 import os
 from typing import Any
@@ -60,15 +61,19 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
     runners = build_runners(settings, metrics=metrics, redis=redis, dead_letter=dead_letter)
     metrics.declare_worker_series([trigger_sink.name] + [runner.name for runner in runners])
 
-    async def deliver(triggers: list[dict[str, Any]]) -> None:
-        for runner in runners:
+    def deliver_to(runner: Any) -> Any:
+        async def deliver(triggers: list[dict[str, Any]]) -> None:
             await runner.put(triggers)
-        await asyncio.gather(*(runner.flush() for runner in runners))
+            await runner.flush()
+
+        return deliver
+
+    deliveries = {re.sub(r"[^a-z0-9_]", "_", runner.name.lower()): deliver_to(runner) for runner in runners}
 
     holder = ModelHolder(settings.rules)
     metrics.set_rules_version(holder.model.version)
     config = StreamConfig.from_settings(settings, broker_url)
-    score = ScoreApp(config, holder.model, publish, metrics, deliver=deliver if runners else None)
+    score = ScoreApp(config, holder.model, publish, metrics, deliveries=deliveries)
 
     def on_model(model: Any) -> None:
         score.set_model(model)

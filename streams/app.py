@@ -131,7 +131,12 @@ class ScoreApp:
     """Builds and owns the faust app; ``publish`` receives every batch outcome."""
 
     def __init__(
-        self, config: StreamConfig, model: Any, publish: Publish, metrics: Any = None, deliver: Deliver | None = None
+        self,
+        config: StreamConfig,
+        model: Any,
+        publish: Publish,
+        metrics: Any = None,
+        deliveries: dict[str, Deliver] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -167,15 +172,17 @@ class ScoreApp:
         self.batches = 0
         # The agent and the timer tick both read and write contact records: one at a time.
         self._lock = asyncio.Lock()
+        self._topped_up: set[int] = set()
         self.app.agent(self.events_topic, name="score", concurrency=1)(self._score)
         self.app.timer(interval=1.0, name="release_held_triggers")(self._tick)
         self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.deliver = deliver
-        if deliver is not None:
-            # Outbound sinks read the durable trigger topic, and a batch is acked only
-            # after the sinks delivered or dead-lettered it: a crash re-delivers, and the
-            # sinks' ledger drops the ids already sent.
-            self.app.agent(self.triggers_topic, name="deliver", concurrency=1)(self._deliver)
+        # One agent per outbound sink on the trigger topic: each acks its batch only after its
+        # sink delivered or dead-lettered it, and faust commits an offset only when every agent
+        # acked it. A crash re-delivers (the sinks' ledger drops ids already sent), and a slow
+        # sink holds back only its own agent, never scoring or the other sinks.
+        self.deliveries = dict(deliveries or {})
+        for sink_name, deliver_one in self.deliveries.items():
+            self.app.agent(self.triggers_topic, name=f"deliver_{sink_name}", concurrency=1)(self._deliver_with(deliver_one))
 
     def set_model(self, model: Any) -> None:
         self.processor.model = model
@@ -197,13 +204,19 @@ class ScoreApp:
                 logging.shutdown()
                 os._exit(70)
 
-    async def _deliver(self, stream: Any) -> None:
-        assert self.deliver is not None
-        async for batch in stream.take_events(500, within=0.05):
-            await self.deliver([orjson.loads(e.value) for e in batch])
+    @staticmethod
+    def _deliver_with(deliver: Deliver) -> Callable[[Any], Awaitable[None]]:
+        async def agent(stream: Any) -> None:
+            async for batch in stream.take_events(500, within=0.05):
+                await deliver([orjson.loads(e.value) for e in batch])
+
+        return agent
 
     async def _on_revoked(self, app: Any, revoked: Any = None, **kwargs: Any) -> None:
+        # faust commits (after flushing the changelog) before a revoke, so a partition that
+        # comes back is topped up again from faust's recovery offset and ends at our latest write.
         self.processor.forget_partitions()
+        self._topped_up.clear()
 
     def assigned_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.config.events_topic}
@@ -212,12 +225,75 @@ class ScoreApp:
         if self.app.rebalancing:
             return
         async with self._lock:
-            out = self.processor.tick(self.assigned_partitions(), int(time.time() * 1000))
+            partitions = self.assigned_partitions()
+            if partitions - self._topped_up:
+                await self._top_up(partitions - self._topped_up)
+            out = self.processor.tick(partitions, int(time.time() * 1000))
             if out.triggers or out.writes:
                 await self._commit_outcome(out, time.perf_counter())
 
+    async def _top_up(self, partitions: set[int]) -> None:
+        """Rebuild the table for ``partitions`` from their changelog, to its real end.
+
+        faust recovers a table up to the highwater that ``end_offsets`` reports, and Tansu
+        under-reports it (by about the last batch), which leaves some contacts older than
+        the committed offsets: their last events would never be applied again. So after
+        every (re)assignment, before this process writes to a partition, the worker
+        replays that changelog partition from the beginning up to the highwater that fetch
+        responses report (exact). faust's memory store reads the whole changelog on
+        recovery anyway, so this costs no more than recovery did; on Kafka it repeats it.
+        """
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        changelog = self.contacts.changelog_topic.get_topic_name()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.broker_url.split(","), enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        applied = 0
+        try:
+            tps = {p: TopicPartition(changelog, p) for p in partitions}
+            consumer.assign(list(tps.values()))
+            await consumer.seek_to_beginning(*tps.values())
+            store = self.contacts.data
+            key_partition = getattr(store, "_key_partition", None)
+            # Done when every partition's position reached the highwater its fetch responses
+            # report (exact on Tansu, unlike end_offsets); a silent partition is not "done".
+            deadline = time.monotonic() + 60
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for tp, batch in batches.items():
+                    for message in batch:
+                        if message.value is None:
+                            try:
+                                del store[message.key]
+                            except KeyError:
+                                pass
+                        else:
+                            store[message.key] = message.value
+                            if key_partition is not None:
+                                key_partition[message.key] = tp.partition
+                        applied += 1
+                caught_up = True
+                for tp in tps.values():
+                    highwater = consumer.highwater(tp)
+                    if highwater is None or await consumer.position(tp) < highwater:
+                        caught_up = False
+                if caught_up:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"table changelog {changelog} did not catch up within 60 s")
+        finally:
+            await consumer.stop()
+        self._topped_up |= partitions
+        log.info("table rebuilt from %d changelog records on partitions %s", applied, sorted(partitions))
+
     async def handle(self, records: list[tuple[int, int, bytes]]) -> BatchOutcome:
         async with self._lock:
+            fresh = {partition for partition, _offset, _value in records} - self._topped_up
+            if fresh:
+                await self._top_up(fresh)
             started = time.perf_counter()
             out = self.processor.process(records, int(time.time() * 1000))
             await self._commit_outcome(out, started)

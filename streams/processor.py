@@ -20,8 +20,10 @@ time. The watermark is the largest event time seen on the partition minus the al
 lateness, and moves with the wall clock when the partition is idle. At release a
 suppression that began at or before the trigger's event time vetoes it. Alerts that
 need no veto (hot_lead, suppress, unsuppress, ...) go out at once. Which contacts hold
-triggers is kept per partition in the table under a reserved key, so holds survive
-restarts and rebalances.
+triggers or have an engine timer due (the MQL handoff SLA, ``rules.engine.next_due``)
+is kept per partition in the table under a reserved key, so both survive restarts and
+rebalances; when the watermark passes a contact's due time, held triggers are released
+and ``rules.engine.due_triggers`` fires what is due (``sla_breach``).
 
 Events older than ``late_limit`` or newer than ``future_skew`` relative to the time the
 collector received them go to the DLQ; both checks use ``received_at`` so an offline
@@ -44,7 +46,7 @@ from typing import Any, Callable
 
 import orjson
 
-from rules.engine import apply_event, merge_state, new_state, view
+from rules.engine import apply_event, due_triggers, merge_state, new_state, next_due, view
 from streams.bots import BotRules
 from streams.events import ANONYMOUS_PREFIX, contact_key, decode_record, event_problem
 from streams.state import ContactRecord
@@ -186,7 +188,9 @@ class BatchProcessor:
             newest = record.advance(offset, index, newest)
             kind = event["type"]
             if kind == LINK_OUT:
+                # The visitor's history moved: publish its (now empty) view so readers see that too.
                 self._link_out(record, event, out)
+                touched = True
                 continue
             if kind == LINK_IN:
                 touched |= self._link_in(record, event, now_ms, out)
@@ -246,6 +250,11 @@ class BatchProcessor:
             watermark = self.watermark(partition, now_ms)
             for key in [k for k, due in timers.items() if due <= watermark]:
                 record = loaded.get(key) or self._record(key)
+                # Engine timers (the MQL handoff SLA) fire on the same watermark as holds.
+                fired = due_triggers(record.state, self.model, watermark)
+                if fired:
+                    timer_event = {"received_at": None}
+                    self._decide(record, fired, timer_event, now_ms, out)
                 keep = []
                 for trigger in record.held:
                     if trigger["event_ts"] > watermark:
@@ -255,11 +264,15 @@ class BatchProcessor:
                     else:
                         self._emit(trigger, now_ms, out)
                 record.held = keep
-                self._write(partition, record, out, False, now_ms)
+                self._write(partition, record, out, bool(fired), now_ms)
 
     def _write(self, partition: int, record: ContactRecord, out: BatchOutcome, touched: bool, now_ms: int) -> None:
         timers = self._timers(partition)
-        due = min((t["event_ts"] for t in record.held), default=None)
+        dues = [t["event_ts"] for t in record.held]
+        engine_due = next_due(record.state, self.model)
+        if engine_due is not None:
+            dues.append(engine_due)
+        due = min(dues, default=None)
         changed = timers.get(record.key) != due
         if due is None:
             timers.pop(record.key, None)
@@ -295,6 +308,10 @@ class BatchProcessor:
             record.redirect = target
 
     def _link_in(self, record: ContactRecord, message: dict[str, Any], now_ms: int, out: BatchOutcome) -> bool:
+        merged_mark = "=" + message["anonymous_id"]
+        if merged_mark in record.linked:
+            return False  # a replayed link_out re-sent the same history: merge once
+        record.linked.append(merged_mark)
         other = message["state"]
         if not other.get("updated_at") and not other.get("b"):
             return False  # the visitor had no history: nothing to merge

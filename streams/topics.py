@@ -38,3 +38,35 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int, timeo
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+async def read_all(bootstrap: str, topic: str, idle_ms: int = 1500, timeout_s: float = 300.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) on ``topic`` from the beginning, until nothing new arrived for ``idle_ms``.
+
+    No consumer group is used (nothing is committed, no join delay). Completion is judged
+    by silence, not by ``end_offsets``, which Tansu can under-report.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=10_000)
+    await consumer.start()
+    records: list[tuple[bytes | None, bytes | None]] = []
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise KafkaError(f"topic {topic} does not exist")
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        quiet_since = loop.time()
+        while loop.time() < deadline and (loop.time() - quiet_since) * 1000 < idle_ms:
+            batches = await consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                records.extend((r.key, r.value) for r in batch)
+            if batches:
+                quiet_since = loop.time()
+    finally:
+        await consumer.stop()
+    return records

@@ -165,6 +165,22 @@ def test_anonymous_history_moves_to_the_contact_with_concurrent_page_views():
     assert score(h, "c9", T0 + 12 * SECOND) == pytest.approx(score(merged, "c9", T0 + 12 * SECOND), abs=1e-6)
 
 
+def test_a_replayed_link_merges_the_anonymous_history_once():
+    h = Harness(partitions=2)
+    h.produce([event(f"a{i}", "page_view", T0 + i * SECOND, None, "v-2", properties={"path": "/pricing"}) for i in range(3)])
+    h.run(T0 + 4 * SECOND)
+    anon_record = h.table["anon:v-2"]
+    h.produce([event("id-2", "identify", T0 + 5 * SECOND, "c2", "v-2", traits=FIT)])
+    h.run(T0 + 6 * SECOND)
+    once = score(h, "c2", T0 + 10 * SECOND)
+    # Crash before the visitor's record (with its redirect) reached the changelog: the
+    # link_out is consumed again from the old record and sends the same history again.
+    h.table["anon:v-2"] = anon_record
+    h.produce([{"type": "__link_out", "key": "anon:v-2", "contact": "c2", "ts": T0 + 5 * SECOND}])
+    h.run(T0 + 7 * SECOND)
+    assert score(h, "c2", T0 + 10 * SECOND) == once
+
+
 def test_merge_that_crosses_a_threshold_fires_a_trigger():
     h = Harness(partitions=3)
     h.produce([event(f"v{i}", kind, T0 + i * SECOND, None, "v-7", name=name)
@@ -218,3 +234,32 @@ def test_bad_records_go_to_the_dlq_with_a_reason_and_good_ones_still_apply():
     assert sorted(d["code"] for d in h.dead) == ["future", "invalid_event", "invalid_json", "too_late"]
     assert all(d["reason"] for d in h.dead)
     assert h.outcomes[-1].applied == 1 or sum(o.applied for o in h.outcomes) == 1
+
+
+def test_unanswered_mql_breaches_its_sla_once_on_the_tick():
+    h = Harness(limits=StreamLimits(lateness_ms=SECOND))
+    h.produce(journey())
+    h.run(T0 + 5 * SECOND)
+    h.tick(T0 + 10 * SECOND)
+    mql = [t for t in h.triggers if t["type"] == "mql"]
+    assert mql, "the MQL should be out once the watermark passed it"
+    sla = h.processor.model.sla_ms
+    assert sla == 4 * 3_600_000  # the seed model's 4 h handoff
+    h.tick(mql[0]["event_ts"] + sla - 10 * SECOND)
+    assert "sla_breach" not in {t["type"] for t in h.triggers}
+    h.tick(mql[0]["event_ts"] + sla + 10 * SECOND)
+    h.tick(mql[0]["event_ts"] + sla + 20 * SECOND)
+    breaches = [t for t in h.triggers if t["type"] == "sla_breach"]
+    assert len(breaches) == 1 and breaches[0]["contact_id"] == "c1"
+
+
+def test_accepted_mql_does_not_breach():
+    h = Harness(limits=StreamLimits(lateness_ms=SECOND))
+    h.produce(journey())
+    h.run(T0 + 5 * SECOND)
+    h.tick(T0 + 10 * SECOND)
+    h.produce([event("fb", "sales_feedback", T0 + 60 * SECOND, properties={"decision": "accept"})])
+    h.run(T0 + 61 * SECOND)
+    h.tick(T0 + 6 * 3_600_000)
+    assert "sla_breach" not in {t["type"] for t in h.triggers}
+    assert h.state("c1")["lead_state"] == "sql"
