@@ -19,33 +19,13 @@ from typing import Any, TypedDict
 
 import orjson
 
+from rules.schema import EVENT_SIGNALS
+
 ANONYMOUS_PREFIX = "anon:"
 
-# Signal types the scoring model understands plus the identity / CRM types.
-EVENT_TYPES = frozenset(
-    {
-        "page_view",
-        "time_on_site",
-        "demo_request",
-        "whitepaper_download",
-        "webinar_attended",
-        "email_open",
-        "email_click",
-        "email_reply",
-        "email_delivered",
-        "email_bounce",
-        "unsubscribe",
-        "spam_report",
-        "linkedin_engagement",
-        "twitter_engagement",
-        "track",  # a Segment track call whose name the model does not map (kept for the ledger, scores 0)
-        "identify",
-        "alias",
-        "group",
-        "crm_update",
-        "sales_feedback",
-    }
-)
+# What the engine understands, plus "track": a Segment track call whose event name the
+# model maps to a signal (or scores 0 when it does not).
+EVENT_TYPES = EVENT_SIGNALS | {"track"}
 
 IDENTITY_TYPES = frozenset({"identify", "alias"})
 

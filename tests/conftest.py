@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from isolated import isolated_settings
 from ops.settings import Settings
 
 
@@ -64,19 +64,6 @@ def make_settings(services: Services, tmp_path: Path):
     """Settings pointing at the session services with names no other test uses."""
 
     def build(**overrides: object) -> Settings:
-        unique = uuid.uuid4().hex[:8]
-        values: dict[str, object] = {
-            "broker_url": services.broker_url,
-            "redis_url": services.redis_url,
-            "app_id": f"lp-test-{unique}",
-            "topic_prefix": f"lp-{unique}",
-            "data_dir": tmp_path / "data",
-            "http_port": 0,
-            "worker_http_port": 0,
-            "partitions": 2,
-            "_env_file": None,
-        }
-        values.update(overrides)
-        return Settings(**values)
+        return isolated_settings(services, tmp_path / "data", "test", **overrides)
 
     return build

@@ -34,9 +34,10 @@ from redis.asyncio import Redis
 
 from connectors.sinks.slack import TYPE_LABELS
 from connectors.sinks.standard_webhooks import verify
-from ops.settings import Settings, settings_env
+from ops.settings import settings_env
 from ops.supervisor import Stack
 from rules.model import DEFAULT_MODEL_PATH
+from isolated import isolated_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +128,6 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory, receiver):
-    unique = uuid.uuid4().hex[:8]
     data_dir = tmp_path_factory.mktemp("alerts")
     rules_dir = data_dir / "rules"
     rules_dir.mkdir()
@@ -135,16 +135,10 @@ def stack(services, tmp_path_factory, receiver):
     assert "sla: 4h" in text
     (rules_dir / "model.yaml").write_text(text.replace("sla: 4h", f"sla: {SLA_MS}ms"))
     (rules_dir / "health.yaml").write_text((DEFAULT_MODEL_PATH.parent / "health.yaml").read_text())
-    settings = Settings(
-        _env_file=None,
-        broker_url=services.broker_url,
-        redis_url=services.redis_url,
-        app_id=f"lp-alerts-{unique}",
-        topic_prefix=f"lp-alerts-{unique}",
-        data_dir=data_dir,
-        http_port=0,
-        worker_http_port=0,
-        partitions=2,
+    settings = isolated_settings(
+        services,
+        data_dir,
+        "alerts",
         rules=str(rules_dir / "model.yaml"),
         slack_webhook_url=receiver.url("/slack"),
         lateness=1_000,  # handoff triggers wait for the watermark (event time - lateness): keep it short here

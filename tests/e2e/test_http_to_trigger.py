@@ -16,7 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from ops.settings import Settings
+from isolated import isolated_settings
 from ops.supervisor import Stack
 from topic_reader import read_until
 
@@ -28,18 +28,7 @@ NOW_ISO = "2026-01-01T00:00:00Z"
 
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory):
-    unique = uuid.uuid4().hex[:8]
-    settings = Settings(
-        _env_file=None,
-        broker_url=services.broker_url,
-        redis_url=services.redis_url,
-        app_id=f"lp-e2e-{unique}",
-        topic_prefix=f"lp-e2e-{unique}",
-        data_dir=tmp_path_factory.mktemp("e2e"),
-        http_port=0,
-        worker_http_port=0,
-        partitions=2,
-    )
+    settings = isolated_settings(services, tmp_path_factory.mktemp("e2e"), "e2e")
     running = Stack(settings).start(ready_timeout=90)
     yield running
     running.stop()

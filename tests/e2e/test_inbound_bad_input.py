@@ -29,6 +29,7 @@ from ops.embedded import free_port
 from ops.settings import Settings, settings_env
 from streams.topics import ensure_topics
 from topic_reader import read_until
+from isolated import isolated_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -51,18 +52,12 @@ class Collector:
 
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory):
-    unique = uuid.uuid4().hex[:8]
     data_dir = tmp_path_factory.mktemp("inbound-bad")
-    settings = Settings(
-        _env_file=None,
-        broker_url=services.broker_url,
-        redis_url=services.redis_url,
-        app_id=f"lp-bad-{unique}",
-        topic_prefix=f"lp-bad-{unique}",
-        data_dir=data_dir,
+    settings = isolated_settings(
+        services,
+        data_dir,
+        "bad",
         http_port=free_port(),
-        worker_http_port=0,
-        partitions=2,
     )
     asyncio.run(ensure_topics(services.broker_url, [settings.events_topic, settings.triggers_topic, settings.dlq_topic], 2))
     with open(data_dir / "collector.log", "ab") as log:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from ops.settings import Settings
+from isolated import isolated_settings
 from ops.supervisor import Stack
 
 pytestmark = pytest.mark.e2e
@@ -33,17 +33,10 @@ TRAITS = {
 
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory):
-    unique = uuid.uuid4().hex[:8]
-    settings = Settings(
-        _env_file=None,
-        broker_url=services.broker_url,
-        redis_url=services.redis_url,
-        app_id=f"lp-cl-{unique}",
-        topic_prefix=f"lp-cl-{unique}",
-        data_dir=tmp_path_factory.mktemp("inbound-clients"),
-        http_port=0,
-        worker_http_port=0,
-        partitions=2,
+    settings = isolated_settings(
+        services,
+        tmp_path_factory.mktemp("inbound-clients"),
+        "cl",
         write_keys="demo,rudder-key:rudderstack",
     )
     running = Stack(settings).start(ready_timeout=90)

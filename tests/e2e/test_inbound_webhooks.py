@@ -41,7 +41,7 @@ from unit.connectors._webhook_support import (
     sendgrid_public_key_b64,
 )
 
-from ops.settings import Settings
+from isolated import isolated_settings
 from ops.supervisor import Stack
 
 pytestmark = pytest.mark.e2e
@@ -74,18 +74,11 @@ def write_cert_dir(directory):
 
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory):
-    unique = uuid.uuid4().hex[:8]
     data_dir = tmp_path_factory.mktemp("inbound-webhooks")
-    settings = Settings(
-        _env_file=None,
-        broker_url=services.broker_url,
-        redis_url=services.redis_url,
-        app_id=f"lp-wh-{unique}",
-        topic_prefix=f"lp-wh-{unique}",
-        data_dir=data_dir,
-        http_port=0,
-        worker_http_port=0,
-        partitions=2,
+    settings = isolated_settings(
+        services,
+        data_dir,
+        "wh",
         write_keys="demo,crm-key:hubspot",
         lateness="1s",  # handoff triggers wait for the watermark: keep the wait short here
         sendgrid_public_key=sendgrid_public_key_b64(),

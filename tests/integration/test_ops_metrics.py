@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.settings import Settings
+from isolated import isolated_settings
 from ops.supervisor import Stack
 
 pytestmark = pytest.mark.integration
@@ -40,17 +40,10 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def stack(services, tmp_path_factory, receiver):
-    unique = uuid.uuid4().hex[:8]
-    settings = Settings(
-        _env_file=None,
-        broker_url=services.broker_url,
-        redis_url=services.redis_url,
-        app_id=f"lp-ops-{unique}",
-        topic_prefix=f"lp-ops-{unique}",
-        data_dir=tmp_path_factory.mktemp("ops-metrics"),
-        http_port=0,
-        worker_http_port=0,
-        partitions=2,
+    settings = isolated_settings(
+        services,
+        tmp_path_factory.mktemp("ops-metrics"),
+        "ops",
         webhook_urls=[receiver.url],
         log_json=True,
         log_level="INFO",

@@ -23,10 +23,10 @@ from redis.asyncio import Redis
 from connectors.intake import KafkaIntake
 from ops.embedded import free_port
 from ops.settings import settings_env
-from ops.verify_commands import live_from_changelog, live_from_redis, verify
+from ops.verify_commands import live_from_redis, verify
 from rules import default_model
 from streams.checker import compare, recompute
-from streams.topics import ensure_topics, read_all
+from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +128,31 @@ async def flush_redis(redis_url: str) -> None:
     await redis.aclose()
 
 
+async def assert_matches_offline(settings, events: list[dict], now: int, timeout: float) -> str:
+    """Redis equals the offline recomputation, no trigger id twice, and ``verify`` agrees (table too)."""
+    model = default_model()
+    offline = recompute((orjson.dumps([e]) for e in events), model)
+    at_ms = now + 3_600_000
+    problems = await wait_until_agrees(settings, offline, model, at_ms, timeout=timeout)
+    assert not problems, f"{len(problems)} contacts differ, e.g. {[str(p) for p in problems[:5]]}"
+    ids = await trigger_ids_in_redis(settings.redis_url)
+    assert ids and len(ids) == len(set(ids)), "a trigger id reached Redis twice"
+    report = io.StringIO()
+    assert await verify(settings, settings.broker_url, settings.redis_url, at_ms, out=report) == 0, report.getvalue()
+    text = report.getvalue()
+    assert "table: " in text and "redis: " in text and "differ" not in text
+    return text
+
+
+def stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
 async def test_offline_checker_agrees_with_the_live_pipeline_on_100k_events(make_settings, tmp_path):
     """100k generated events (1 % duplicates, shuffled, anonymous visitors identified later):
     table and Redis equal the offline recomputation, and no trigger id reaches Redis twice."""
@@ -139,24 +164,9 @@ async def test_offline_checker_agrees_with_the_live_pipeline_on_100k_events(make
     port = free_port()
     worker = start_worker(settings, "w-check", port, tmp_path / "worker.log")
     try:
-        model = default_model()
-        offline = recompute((orjson.dumps([e]) for e in events), model)
-        at_ms = now + 3_600_000
-        problems = await wait_until_agrees(settings, offline, model, at_ms, timeout=150)
-        assert not problems, f"{len(problems)} contacts differ, e.g. {[str(p) for p in problems[:5]]}"
-        ids = await trigger_ids_in_redis(settings.redis_url)
-        assert ids and len(ids) == len(set(ids)), "a trigger id reached Redis twice"
-        report = io.StringIO()
-        assert await verify(settings, settings.broker_url, settings.redis_url, at_ms, out=report) == 0, report.getvalue()
-        text = report.getvalue()
-        assert "table: " in text and "redis: " in text and "differ" not in text
-        print("\n" + text)
+        print("\n" + await assert_matches_offline(settings, events, now, timeout=150))
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
 
 
 @pytest.mark.xfail(strict=False, reason=(
@@ -181,24 +191,6 @@ async def test_kill_9_mid_stream_then_restart_matches_offline(make_settings, tmp
         worker.wait(10)
         print(f"\nkilled the worker after {progress:.0f} of {len(events)} events")
         worker = start_worker(settings, "w1", port, tmp_path / "worker.log")
-
-        model = default_model()
-        offline = recompute((orjson.dumps([e]) for e in events), model)
-        at_ms = now + 3_600_000
-        problems = await wait_until_agrees(settings, offline, model, at_ms, timeout=60)
-        assert not problems, f"{len(problems)} contacts differ, e.g. {[str(p) for p in problems[:5]]}"
-        ids = await trigger_ids_in_redis(settings.redis_url)
-        assert ids and len(ids) == len(set(ids)), "a trigger id reached Redis twice"
-
-        # The same through the command: topic + table changelog + Redis.
-        report = io.StringIO()
-        assert await verify(settings, settings.broker_url, settings.redis_url, at_ms, out=report) == 0, report.getvalue()
-        assert "table:" in report.getvalue() and "agrees" in report.getvalue()
-        print(report.getvalue())
+        print(await assert_matches_offline(settings, events, now, timeout=60))
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop(worker)
