@@ -248,7 +248,7 @@ class ScoreApp:
         changelog = self.contacts.changelog_topic.get_topic_name()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.broker_url.split(","), enable_auto_commit=False,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_wait_ms=100,
         )
         await consumer.start()
         applied = 0
@@ -259,10 +259,13 @@ class ScoreApp:
             store = self.contacts.data
             key_partition = getattr(store, "_key_partition", None)
             # Done when every partition's position reached the highwater its fetch responses
-            # report (exact on Tansu, unlike end_offsets); a silent partition is not "done".
+            # report and two polls in a row brought nothing more: neither a silent partition
+            # nor a highwater alone is trusted to mean "the end".
             deadline = time.monotonic() + 60
+            empty_polls = 0
             while True:
-                batches = await consumer.getmany(timeout_ms=200)
+                batches = await consumer.getmany(timeout_ms=300)
+                empty_polls = 0 if batches else empty_polls + 1
                 for tp, batch in batches.items():
                     for message in batch:
                         if message.value is None:
@@ -280,7 +283,7 @@ class ScoreApp:
                     highwater = consumer.highwater(tp)
                     if highwater is None or await consumer.position(tp) < highwater:
                         caught_up = False
-                if caught_up:
+                if caught_up and empty_polls >= 2:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"table changelog {changelog} did not catch up within 60 s")

@@ -73,7 +73,7 @@ def workload(n_events: int, contacts: int, now: int, seed: int = 11) -> list[dic
 
 def start_worker(settings, instance: str, port: int, log_path) -> subprocess.Popen:
     env = {**os.environ, **settings_env(settings), "LEADPULSE_WORKER_INSTANCE_ID": instance,
-           "LEADPULSE_WORKER_HTTP_PORT": str(port), "LEADPULSE_LOG_LEVEL": "INFO"}
+           "LEADPULSE_WORKER_HTTP_PORT": str(port), "LEADPULSE_LOG_LEVEL": "WARNING"}
     log = open(log_path, "ab")
     return subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -170,9 +170,10 @@ async def test_offline_checker_agrees_with_the_live_pipeline_on_100k_events(make
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "on the embedded Tansu broker the contacts changelog does not come back whole after a worker is "
-    "killed (a restarted worker rebuilt its table from 14 records where hundreds were written), so "
-    "some contacts restart from older state; passes in about 2 of 3 runs. Kafka keeps the changelog."))
+    "on the embedded Tansu broker a worker restarted after kill -9 sometimes stops consuming after a "
+    "dozen large catch-up batches while /readyz says ready (no error logged), so the anonymous-link "
+    "records it forwarded to itself stay unprocessed; runs that do not stall agree with the offline "
+    "recomputation exactly. Passes in about 1 of 2 runs here."))
 async def test_kill_9_mid_stream_then_restart_matches_offline(make_settings, tmp_path):
     settings = make_settings(partitions=4, lateness="1s")
     await flush_redis(settings.redis_url)
