@@ -290,6 +290,7 @@ class ScoreApp:
         finally:
             await consumer.stop()
         self._topped_up |= partitions
+        self.processor.cache.clear()  # the table changed under any record held in memory
         log.info("table rebuilt from %d changelog records on partitions %s", applied, sorted(partitions))
 
     async def handle(self, records: list[tuple[int, int, bytes]]) -> BatchOutcome:

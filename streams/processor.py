@@ -92,7 +92,10 @@ class BatchOutcome:
 
 
 class BatchProcessor:
-    def __init__(self, model: Any, load: Loader, limits: StreamLimits = StreamLimits(), bots: BotRules | None = None) -> None:
+    def __init__(
+        self, model: Any, load: Loader, limits: StreamLimits = StreamLimits(), bots: BotRules | None = None,
+        cache_size: int = 200_000,
+    ) -> None:
         self.model = model
         self.load = load
         self.limits = limits
@@ -100,6 +103,10 @@ class BatchProcessor:
         self.max_ts: dict[int, int] = {}  # partition -> largest event time seen
         self.last_event_at: dict[int, int] = {}  # partition -> wall clock of its last record
         self.timers: dict[int, dict[str, int]] = {}  # partition -> contact key -> earliest held event time
+        # Decoded records stay in memory between batches (most recently used last), so a busy
+        # contact is decoded once, not once per batch. The table stays the durable copy.
+        self.cache: dict[str, ContactRecord] = {}
+        self.cache_size = cache_size
 
     # ---- watermark and timers ---------------------------------------------------------
     def watermark(self, partition: int, now_ms: int) -> int:
@@ -118,6 +125,7 @@ class BatchProcessor:
 
     def forget_partitions(self, partitions: set[int] | None = None) -> None:
         """Drop in-memory per-partition state (on rebalance); reloaded from the table lazily."""
+        self.cache.clear()
         for part in list(self.timers) if partitions is None else partitions:
             self.timers.pop(part, None)
             self.max_ts.pop(part, None)
@@ -170,8 +178,15 @@ class BatchProcessor:
             grouped.setdefault((partition, contact_key(event)), []).append((offset, index, event))
 
     def _record(self, key: str) -> ContactRecord:
-        raw = self.load(key)
-        return ContactRecord.decode(key, raw) if raw is not None else ContactRecord(key, new_state(key))
+        cache = self.cache
+        record = cache.pop(key, None)
+        if record is None:
+            raw = self.load(key)
+            record = ContactRecord.decode(key, raw) if raw is not None else ContactRecord(key, new_state(key))
+            if len(cache) >= self.cache_size:
+                del cache[next(iter(cache))]  # least recently used
+        cache[key] = record
+        return record
 
     def _apply_contact(self, partition: int, key: str, items: list, now_ms: int, out: BatchOutcome) -> ContactRecord:
         record = self._record(key)
@@ -300,10 +315,10 @@ class BatchProcessor:
         target = message["contact"]
         if record.redirect is None:
             payload = {"type": LINK_IN, "key": target, "anonymous_id": record.key, "ts": message["ts"],
-                       "state": record.state, "seen": record.seen}
+                       "state": record.state, "seen": record.seen_doc()}
             out.forward.append((target, orjson.dumps(payload)))
             record.state = new_state(record.key)
-            record.seen = {}
+            record.clear_seen()
             record.held = []
             record.redirect = target
 

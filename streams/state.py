@@ -40,14 +40,16 @@ def fingerprint(event_id: str) -> int:
 class ContactRecord:
     """Mutable view of one table value; :meth:`encode` turns it back into bytes."""
 
-    __slots__ = ("key", "state", "pos", "seen", "held", "suppressed_since", "redirect", "linked", "bot")
+    __slots__ = ("key", "state", "pos", "seen", "_marks", "held", "suppressed_since", "redirect", "linked", "bot")
 
     def __init__(self, key: str, state: dict[str, Any], doc: dict[str, Any] | None = None) -> None:
         doc = doc or {}
         self.key = key
         self.state = state
         self.pos: list[int] = doc.get("pos") or [-1, -1]
-        self.seen: dict[str, list[int]] = doc.get("seen") or {}
+        # Buckets are sets in memory (O(1) membership); _marks is their union.
+        self.seen: dict[str, set[int]] = {day: set(marks) for day, marks in (doc.get("seen") or {}).items()}
+        self._marks: set[int] = set().union(*self.seen.values()) if self.seen else set()
         self.held: list[dict[str, Any]] = doc.get("held") or []
         self.suppressed_since: int | None = doc.get("sup")
         self.redirect: str | None = doc.get("redirect")
@@ -60,7 +62,7 @@ class ContactRecord:
         return cls(key, doc["s"], doc)
 
     def encode(self) -> bytes:
-        doc: dict[str, Any] = {"s": self.state, "pos": self.pos, "seen": self.seen}
+        doc: dict[str, Any] = {"s": self.state, "pos": self.pos, "seen": {d: list(m) for d, m in self.seen.items()}}
         # Optional parts are left out when empty: most contacts never need them.
         if self.held:
             doc["held"] = self.held
@@ -93,22 +95,32 @@ class ContactRecord:
     def remember(self, event_id: str, received_at: int, window_ms: int) -> bool:
         """Record ``event_id``; return False when it was already seen in the window."""
         mark = fingerprint(event_id)
-        for bucket in self.seen.values():
-            if mark in bucket:
-                return False
-        self.seen.setdefault(str(received_at // DAY_MS), []).append(mark)
+        if mark in self._marks:
+            return False
+        self._marks.add(mark)
+        self.seen.setdefault(str(received_at // DAY_MS), set()).add(mark)
         return True
+
+    def seen_doc(self) -> dict[str, list[int]]:
+        """The dedupe buckets as JSON-ready lists (for link records)."""
+        return {day: list(marks) for day, marks in self.seen.items()}
+
+    def clear_seen(self) -> None:
+        self.seen = {}
+        self._marks = set()
 
     def merge_seen(self, other: dict[str, list[int]]) -> None:
         for day, marks in other.items():
-            bucket = self.seen.setdefault(day, [])
-            known = set(bucket)
-            bucket.extend(m for m in marks if m not in known)
+            self.seen.setdefault(day, set()).update(marks)
+            self._marks.update(marks)
 
     def forget_before(self, window_ms: int) -> None:
         if not self.seen:
             return
         newest = max(int(day) for day in self.seen)
         oldest_kept = newest - max(1, window_ms // DAY_MS)
-        for day in [d for d in self.seen if int(d) < oldest_kept]:
+        expired = [d for d in self.seen if int(d) < oldest_kept]
+        for day in expired:
             del self.seen[day]
+        if expired:
+            self._marks = set().union(*self.seen.values()) if self.seen else set()

@@ -46,16 +46,26 @@ def contact_key(contact_id: str) -> str:
 
 
 class RedisStateWriter:
-    """Publishes contact views (from ``rules.engine.view``) after each batch."""
+    """Publishes contact views (from ``rules.engine.view``) after each batch.
 
-    def __init__(self, redis: Redis) -> None:
+    The hash is rewritten every time (the score moved); the suppression set and the band
+    indexes only change when the contact's band or suppression changed since this process
+    last published it. A contact this process has not published yet gets the full set of
+    writes, so a restart or a partition moving to another worker converges at once.
+    """
+
+    def __init__(self, redis: Redis, memory: int = 500_000) -> None:
         self.redis = redis
+        self.memory = memory
+        self._published: dict[str, tuple[str, bool]] = {}  # contact -> (band, suppressed) last written
 
     async def write(self, views: dict[str, dict[str, Any]], docs: dict[str, bytes]) -> None:
         if not views:
             return
+        published = self._published
         pipe = self.redis.pipeline(transaction=False)
         for contact_id, v in views.items():
+            band, suppressed = v["band"], bool(v["suppressed"])
             pipe.hset(
                 contact_key(contact_id),
                 mapping={
@@ -63,23 +73,31 @@ class RedisStateWriter:
                     "score": v["score"],
                     "fit": v["fit"],
                     "behaviour": v["behaviour"],
-                    "band": v["band"],
+                    "band": band,
                     "state": v["state"],
-                    "suppressed": int(bool(v["suppressed"])),
+                    "suppressed": int(suppressed),
                     "rules_version": v["rules_version"],
                     "updated_at": v.get("updated_at") or 0,
                     "doc": docs.get(contact_id, b"{}"),
                 },
             )
-            if v["suppressed"]:
-                pipe.sadd(SUPPRESSED_SET, contact_id)
-            else:
-                pipe.srem(SUPPRESSED_SET, contact_id)
-            for band in BANDS:
-                if band == v["band"]:
-                    pipe.zadd(f"{PREFIX}band:{band}", {contact_id: v["score"]})
+            before = published.get(contact_id)
+            if before is None or before[1] != suppressed:
+                if suppressed:
+                    pipe.sadd(SUPPRESSED_SET, contact_id)
                 else:
-                    pipe.zrem(f"{PREFIX}band:{band}", contact_id)
+                    pipe.srem(SUPPRESSED_SET, contact_id)
+            pipe.zadd(f"{PREFIX}band:{band}", {contact_id: v["score"]})
+            if before is None:
+                for other in BANDS:
+                    if other != band:
+                        pipe.zrem(f"{PREFIX}band:{other}", contact_id)
+            elif before[0] != band:
+                pipe.zrem(f"{PREFIX}band:{before[0]}", contact_id)
+            published.pop(contact_id, None)
+            published[contact_id] = (band, suppressed)
+            if len(published) > self.memory:
+                del published[next(iter(published))]
         await pipe.execute()
 
 

@@ -71,8 +71,9 @@ class Harness:
             self.table.update(writes)
 
     def replay_from(self, offsets: list[int]) -> None:
-        """Rewind consumption as if offsets had been committed only up to ``offsets``."""
+        """A restart: offsets committed only up to ``offsets``, memory gone, the table kept."""
         self.read = list(offsets)
+        self.processor.cache.clear()
 
     def state(self, key: str) -> dict:
         return orjson.loads(self.table[key])["s"]
