@@ -139,14 +139,21 @@ def observe_consumer(score: ScoreApp, metrics: Metrics) -> None:
     """
     consumer = score.app.consumer
     owned: set[str] = set()
+    # After a rebalance the client forgets a partition's highwater and read offset until new
+    # records arrive; the last known values keep an idle partition's lag series alive.
+    known: dict[Any, tuple[int | None, int | None]] = score.__dict__.setdefault("_lag_inputs", {})
     for tp in consumer.assignment():
         if tp.topic != score.config.events_topic:
             continue
+        last_highwater, last_committed = known.get(tp, (None, None))
         highwater = consumer.highwater(tp)
         committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust exposes no public getter
         if committed is None:
             read = getattr(consumer, "_read_offset", {}).get(tp)
             committed = None if read is None else read + 1
+        highwater = highwater if highwater is not None else last_highwater
+        committed = committed if committed is not None else last_committed
+        known[tp] = (highwater, committed)
         if highwater is None or committed is None:
             continue
         owned.add(str(tp.partition))
