@@ -114,6 +114,13 @@ class Outcome:
     def ignore(self, code: str) -> None:
         self.ignored[code] = self.ignored.get(code, 0) + 1
 
+    def keep(self, mapped: dict[str, Any] | str) -> None:
+        """Take a mapper's result: an event dict is kept, a string is the code of an ignored item."""
+        if isinstance(mapped, str):
+            self.ignore(mapped)
+        else:
+            self.events.append(mapped)
+
 
 class ItemRejected(Exception):
     """Raised inside a per-item mapper; the caller turns it into an :class:`ItemProblem`."""

@@ -141,10 +141,7 @@ def parse_event_data(data: Any, received_at: int) -> Outcome:
     except ItemRejected as exc:
         outcome.problems.append(ItemProblem(None, exc.reason, exc.code, exc.field and f"event-data.{exc.field}", data))
         return outcome
-    if isinstance(event, str):
-        outcome.ignore(event)
-    else:
-        outcome.events.append(event)
+    outcome.keep(event)
     return outcome
 
 

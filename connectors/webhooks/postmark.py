@@ -122,10 +122,7 @@ def parse_record(payload: Any, received_at: int) -> Outcome:
     except ItemRejected as exc:
         outcome.problems.append(ItemProblem(None, exc.reason, exc.code, exc.field, payload))
         return outcome
-    if isinstance(event, str):
-        outcome.ignore(event)
-    else:
-        outcome.events.append(event)
+    outcome.keep(event)
     return outcome
 
 

@@ -155,10 +155,7 @@ def parse_events(payload: Any, received_at: int) -> Outcome:
         except ItemRejected as exc:
             outcome.problems.append(ItemProblem(index, f"[{index}] {exc.reason}", exc.code, exc.field, item))
             continue
-        if isinstance(event, str):
-            outcome.ignore(event)
-        else:
-            outcome.events.append(event)
+        outcome.keep(event)
     return outcome
 
 
