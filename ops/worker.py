@@ -86,9 +86,11 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
     async def reload_rules() -> None:
         holder.maybe_reload()
 
+    lag_inputs: dict[Any, tuple[int | None, int | None]] = {}
+
     @app.timer(interval=2.0)
     async def observe_lag() -> None:
-        observe_consumer(score, metrics)
+        observe_consumer(score, metrics, lag_inputs)
 
     async def start_http() -> None:
         if settings.worker_http_port:
@@ -128,7 +130,7 @@ def events_partitions(score: ScoreApp) -> list[int]:
     return sorted(tp.partition for tp in assignment if tp.topic == score.config.events_topic)
 
 
-def observe_consumer(score: ScoreApp, metrics: Metrics) -> None:
+def observe_consumer(score: ScoreApp, metrics: Metrics, known: dict[Any, tuple[int | None, int | None]] | None = None) -> None:
     """Set ``leadpulse_consumer_lag`` per owned partition and ``leadpulse_contacts``.
 
     Lag is the broker's high watermark (next offset to be written) minus the
@@ -141,7 +143,7 @@ def observe_consumer(score: ScoreApp, metrics: Metrics) -> None:
     owned: set[str] = set()
     # After a rebalance the client forgets a partition's highwater and read offset until new
     # records arrive; the last known values keep an idle partition's lag series alive.
-    known: dict[Any, tuple[int | None, int | None]] = score.__dict__.setdefault("_lag_inputs", {})
+    known = {} if known is None else known
     for tp in consumer.assignment():
         if tp.topic != score.config.events_topic:
             continue

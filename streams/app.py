@@ -172,7 +172,7 @@ class ScoreApp:
         self.batches = 0
         # The agent and the timer tick both read and write contact records: one at a time.
         self._lock = asyncio.Lock()
-        self._topped_up: set[int] = set()
+        self._rebuilt: set[int] = set()
         self.app.agent(self.events_topic, name="score", concurrency=1)(self._score)
         self.app.timer(interval=1.0, name="release_held_triggers")(self._tick)
         self.app.on_partitions_revoked.connect(self._on_revoked)
@@ -214,9 +214,9 @@ class ScoreApp:
 
     async def _on_revoked(self, app: Any, revoked: Any = None, **kwargs: Any) -> None:
         # faust commits (after flushing the changelog) before a revoke, so a partition that
-        # comes back is topped up again from faust's recovery offset and ends at our latest write.
+        # comes back is rebuilt from a changelog that holds our latest writes.
         self.processor.forget_partitions()
-        self._topped_up.clear()
+        self._rebuilt.clear()
 
     def assigned_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.config.events_topic}
@@ -226,13 +226,13 @@ class ScoreApp:
             return
         async with self._lock:
             partitions = self.assigned_partitions()
-            if partitions - self._topped_up:
-                await self._top_up(partitions - self._topped_up)
+            if partitions - self._rebuilt:
+                await self._rebuild_table(partitions - self._rebuilt)
             out = self.processor.tick(partitions, int(time.time() * 1000))
             if out.triggers or out.writes:
                 await self._commit_outcome(out, time.perf_counter())
 
-    async def _top_up(self, partitions: set[int]) -> None:
+    async def _rebuild_table(self, partitions: set[int]) -> None:
         """Rebuild the table for ``partitions`` from their changelog, to its real end.
 
         faust recovers a table up to the highwater that ``end_offsets`` reports, and Tansu
@@ -257,7 +257,6 @@ class ScoreApp:
             consumer.assign(list(tps.values()))
             await consumer.seek_to_beginning(*tps.values())
             store = self.contacts.data
-            key_partition = getattr(store, "_key_partition", None)
             # Done when every partition's position reached the highwater its fetch responses
             # report and two polls in a row brought nothing more: neither a silent partition
             # nor a highwater alone is trusted to mean "the end".
@@ -274,9 +273,7 @@ class ScoreApp:
                             except KeyError:
                                 pass
                         else:
-                            store[message.key] = message.value
-                            if key_partition is not None:
-                                key_partition[message.key] = tp.partition
+                            self._store_put(message.key, message.value, tp.partition)
                         applied += 1
                 caught_up = True
                 for tp in tps.values():
@@ -289,15 +286,15 @@ class ScoreApp:
                     raise RuntimeError(f"table changelog {changelog} did not catch up within 60 s")
         finally:
             await consumer.stop()
-        self._topped_up |= partitions
+        self._rebuilt |= partitions
         self.processor.cache.clear()  # the table changed under any record held in memory
         log.info("table rebuilt from %d changelog records on partitions %s", applied, sorted(partitions))
 
     async def handle(self, records: list[tuple[int, int, bytes]]) -> BatchOutcome:
         async with self._lock:
-            fresh = {partition for partition, _offset, _value in records} - self._topped_up
+            fresh = {partition for partition, _offset, _value in records} - self._rebuilt
             if fresh:
-                await self._top_up(fresh)
+                await self._rebuild_table(fresh)
             started = time.perf_counter()
             out = self.processor.process(records, int(time.time() * 1000))
             await self._commit_outcome(out, started)
@@ -315,17 +312,22 @@ class ScoreApp:
         for ack in acks:
             await ack
         await self._publish_with_retry(out)
-        store = self.contacts.data
-        key_partition = getattr(store, "_key_partition", None)
         for partition, writes in out.writes.items():
             for key, value in writes.items():
                 raw_key = key.encode("utf-8")
-                store[raw_key] = value
-                if key_partition is not None:
-                    key_partition[raw_key] = partition
+                self._store_put(raw_key, value, partition)
                 self.contacts.send_changelog(partition, raw_key, value)
         if self.metrics is not None:
             self._observe(out, time.perf_counter() - started)
+
+    def _store_put(self, raw_key: bytes, value: bytes, partition: int) -> None:
+        """Write the in-memory table, and tell faust's memory store which partition owns the key
+        (it drops keys of partitions it thinks are gone after a recovery)."""
+        store = self.contacts.data
+        store[raw_key] = value
+        key_partition = getattr(store, "_key_partition", None)
+        if key_partition is not None:
+            key_partition[raw_key] = partition
 
     async def _publish_with_retry(self, out: BatchOutcome) -> None:
         """The read side (Redis) may blip; hold the batch and retry rather than lose or skip it."""

@@ -21,8 +21,8 @@ import orjson
 
 from rules.engine import apply_event, new_state, view
 from streams.bots import BotRules
-from streams.events import ANONYMOUS_PREFIX, decode_record, event_problem
-from streams.processor import LINK_IN, LINK_OUT, StreamLimits
+from streams.events import ANONYMOUS_PREFIX, decode_record
+from streams.processor import LINK_IN, LINK_OUT, StreamLimits, rejection
 
 
 @dataclass
@@ -32,13 +32,6 @@ class Recomputed:
     distinct: int = 0
     rejected: int = 0
     bots: int = 0
-
-
-def _accepted(event: Any, limits: StreamLimits) -> bool:
-    if event_problem(event) is not None:
-        return False
-    reference = event.get("received_at") if isinstance(event.get("received_at"), int) else event["ts"]
-    return reference - limits.late_limit_ms <= event["ts"] <= reference + limits.future_skew_ms
 
 
 def recompute(values: Iterable[bytes], model: Any, limits: StreamLimits = StreamLimits(), bots: BotRules | None = None) -> Recomputed:
@@ -55,7 +48,7 @@ def recompute(values: Iterable[bytes], model: Any, limits: StreamLimits = Stream
             if isinstance(event, dict) and event.get("type") in (LINK_OUT, LINK_IN):
                 continue  # the worker's own bookkeeping, derived from the events themselves
             result.events += 1
-            if not _accepted(event, limits):
+            if rejection(event, limits) is not None:
                 result.rejected += 1
                 continue
             events.append(event)

@@ -162,17 +162,11 @@ class BatchProcessor:
             if isinstance(event, dict) and event.get("type") in (LINK_OUT, LINK_IN):
                 grouped.setdefault((partition, event["key"]), []).append((offset, index, event))
                 continue
-            code, problem = "invalid_event", event_problem(event)
-            if problem is None:
-                ts = event["ts"]
-                reference = event.get("received_at") if isinstance(event.get("received_at"), int) else ts
-                if ts < reference - limits.late_limit_ms:
-                    code, problem = "too_late", "too late: event time is beyond the late limit"
-                elif ts > reference + limits.future_skew_ms:
-                    code, problem = "future", "in the future: event time is beyond the allowed clock skew"
-            if problem is not None:
-                out.dead_letters.append(_dead(partition, offset, index, code, problem, event))
+            verdict = rejection(event, limits)
+            if verdict is not None:
+                out.dead_letters.append(_dead(partition, offset, index, *verdict, event))
                 continue
+            ts = event["ts"]
             if ts > self.max_ts.get(partition, NEVER):
                 self.max_ts[partition] = ts
             grouped.setdefault((partition, contact_key(event)), []).append((offset, index, event))
@@ -228,7 +222,7 @@ class BatchProcessor:
             touched = True
             out.applied += 1
             out.received[(source, kind)] += 1
-            self._decide(record, apply_event(record.state, event, self.model), event, now_ms, out)
+            self._decide(record, apply_event(record.state, event, self.model), event.get("received_at"), now_ms, out)
             if kind in ("identify", "alias") and event.get("contact_id") and event.get("anonymous_id"):
                 self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
         record.pos = newest
@@ -236,7 +230,10 @@ class BatchProcessor:
         self._write(partition, record, out, touched, now_ms)
         return record
 
-    def _decide(self, record: ContactRecord, triggers: list[dict[str, Any]], event: dict[str, Any], now_ms: int, out: BatchOutcome) -> None:
+    def _decide(
+        self, record: ContactRecord, triggers: list[dict[str, Any]], received_at: Any, now_ms: int, out: BatchOutcome
+    ) -> None:
+        """Emit or hold ``triggers``; ``received_at`` (the causing event's, if any) feeds the latency metric."""
         for trigger in triggers:
             kind = trigger["type"]
             if kind == "suppress":
@@ -244,7 +241,6 @@ class BatchProcessor:
             elif kind == "unsuppress":
                 record.suppressed_since = None
             trigger["contact"] = {"traits": _trigger_traits(record.state)}
-            received_at = event.get("received_at")
             if isinstance(received_at, int):
                 trigger["_received_at"] = received_at
             if kind in HELD_TYPES and self.limits.lateness_ms > 0:
@@ -268,8 +264,7 @@ class BatchProcessor:
                 # Engine timers (the MQL handoff SLA) fire on the same watermark as holds.
                 fired = due_triggers(record.state, self.model, watermark)
                 if fired:
-                    timer_event = {"received_at": None}
-                    self._decide(record, fired, timer_event, now_ms, out)
+                    self._decide(record, fired, None, now_ms, out)
                 keep = []
                 for trigger in record.held:
                     if trigger["event_ts"] > watermark:
@@ -337,8 +332,26 @@ class BatchProcessor:
         probe = {"id": f"merge:{message['anonymous_id']}", "type": "identify", "contact_id": record.key,
                  "anonymous_id": None, "ts": max(message["ts"], record.state.get("updated_at") or 0),
                  "received_at": now_ms, "source": "identity", "traits": {}, "properties": {}}
-        self._decide(record, apply_event(record.state, probe, self.model), probe, now_ms, out)
+        self._decide(record, apply_event(record.state, probe, self.model), now_ms, now_ms, out)
         return True
+
+
+def rejection(event: Any, limits: StreamLimits) -> tuple[str, str] | None:
+    """Why ``event`` goes to the DLQ as ``(code, reason)``, or None when it is accepted.
+
+    Time limits are relative to when the collector received the event, so the worker and
+    an offline recomputation (``streams.checker``) reach the same verdict.
+    """
+    problem = event_problem(event)
+    if problem is not None:
+        return "invalid_event", problem
+    ts = event["ts"]
+    reference = event.get("received_at") if isinstance(event.get("received_at"), int) else ts
+    if ts < reference - limits.late_limit_ms:
+        return "too_late", "too late: event time is beyond the late limit"
+    if ts > reference + limits.future_skew_ms:
+        return "future", "in the future: event time is beyond the allowed clock skew"
+    return None
 
 
 def _trigger_traits(state: dict[str, Any]) -> dict[str, Any]:
