@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 
 from faust.types import TP
 
 from ops.metrics import Metrics
-from ops.worker import _count_redis_deliveries, events_partitions, observe_consumer
+from ops.worker import _count_redis_deliveries, events_partitions, observe_consumer, unread_positions
 
 
 class FakeConsumer:
-    def __init__(self, assignment, highwater, committed, read=None):
+    def __init__(self, assignment, highwater, committed, read=None, positions=None):
         self._assignment = set(assignment)
+        self._positions = positions or {}
         self._highwater = highwater
         self._committed_offset = defaultdict(lambda: None, committed)
         self._read_offset = defaultdict(lambda: None, read or {})
@@ -23,6 +25,9 @@ class FakeConsumer:
 
     def highwater(self, tp):
         return self._highwater.get(tp)
+
+    async def position(self, tp):
+        return self._positions.get(tp)
 
 
 def score_with(consumer, contacts=3):
@@ -72,3 +77,21 @@ def test_redis_sink_counts_replayed_triggers_as_duplicates():
                for s in metrics.sink_deliveries.collect()[0].samples if s.name.endswith("_total")}
     assert samples[("redis", "delivered")] == 3 and samples[("redis", "duplicate")] == 2
     assert samples[("redis", "dead_letter")] == 0  # declared at 0 so Prometheus sees the first rise
+
+
+def test_an_idle_partition_of_a_fresh_group_reports_lag_from_its_fetch_position():
+    tp0, tp1 = TP("ev", 0), TP("ev", 1)
+    consumer = FakeConsumer({tp0, tp1}, {tp0: 7, tp1: 0}, {tp0: 7}, positions={tp1: 0})
+    score = score_with(consumer)
+    metrics = Metrics()
+    assert asyncio.run(unread_positions(score, {})) == {tp1: 0}  # tp0 has a commit: no need to ask
+    observe_consumer(score, metrics, {}, asyncio.run(unread_positions(score, {})))
+    assert lag(metrics) == {"0": 0.0, "1": 0.0}
+
+
+def test_without_a_position_an_unread_partition_is_not_reported():
+    tp0 = TP("ev", 0)
+    score = score_with(FakeConsumer({tp0}, {tp0: 4}, {}))
+    metrics = Metrics()
+    observe_consumer(score, metrics, {}, asyncio.run(unread_positions(score, {})))
+    assert lag(metrics) == {}
