@@ -8,6 +8,7 @@ runners) and ``ops`` (metrics, health, rules hot reload). A small aiohttp server
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import logging
 import os
@@ -250,11 +251,25 @@ async def _start_http(settings: Any, score: ScoreApp, redis: Redis, metrics: Met
     log.warning("worker metrics on http://%s:%d/metrics", settings.http_host, settings.worker_http_port)
 
 
+def tune_garbage_collector() -> None:
+    """Collect the young generation every 50k allocations instead of 700, the old one rarely.
+
+    Decoding a batch allocates hundreds of thousands of small dicts that live until the
+    batch ends, so CPython's default thresholds run a collection every few events and a
+    full one (over every cached contact record) every few batches: measured here, a
+    third of the decode time, 20 % of the processor's. Contact states are acyclic and
+    freed by reference counting; the cycle collector only has faust's and asyncio's
+    few cycles to find.
+    """
+    gc.set_threshold(50_000, 20, 1_000)
+
+
 def run_worker(settings: Any, broker_url: str, redis_url: str) -> None:
     """Blocking: run one worker until SIGINT/SIGTERM (faust finishes the batch and commits)."""
     import faust
 
     configure_logging(settings.log_level, settings.log_json)
+    tune_garbage_collector()
     try:
         import uvloop
 
