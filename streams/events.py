@@ -54,22 +54,26 @@ def contact_key(event: dict[str, Any]) -> str:
 
 def event_problem(event: Any) -> str | None:
     """Return why ``event`` is not a usable normalised event, or ``None`` when it is."""
-    if not isinstance(event, dict):
+    # Runs on every event: exact type checks (orjson yields exact types, and ``bool`` must
+    # not pass for an int), one dict lookup per field.
+    if type(event) is not dict:
         return "event is not a JSON object"
     event_id = event.get("id")
-    if not isinstance(event_id, str) or not event_id:
+    if type(event_id) is not str or not event_id:
         return "id: missing or not a non-empty string"
     if event.get("type") not in EVENT_TYPES:
         return f"type: unknown event type {event.get('type')!r}"
     if not event.get("contact_id") and not event.get("anonymous_id"):
         return "contact_id/anonymous_id: one of them is required"
     ts = event.get("ts")
-    if not isinstance(ts, int) or isinstance(ts, bool) or ts <= 0:
+    if type(ts) is not int or ts <= 0:
         return "ts: missing or not epoch milliseconds"
-    for field in ("traits", "properties"):
-        value = event.get(field)
-        if value is not None and not isinstance(value, dict):
-            return f"{field}: must be an object"
+    traits = event.get("traits")
+    if traits is not None and type(traits) is not dict:
+        return "traits: must be an object"
+    properties = event.get("properties")
+    if properties is not None and type(properties) is not dict:
+        return "properties: must be an object"
     return None
 
 

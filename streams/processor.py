@@ -156,20 +156,33 @@ class BatchProcessor:
         except orjson.JSONDecodeError as exc:
             out.dead_letters.append(_dead(partition, offset, None, "invalid_json", f"invalid JSON: {exc}", value))
             return
+        # Hot loop (every event of the batch): locals instead of attribute lookups.
+        seen_before = out.events  # + index: a sequence number unique within the batch
+        out.events += len(events)
         limits = self.limits
+        dead_letters = out.dead_letters
+        max_ts = self.max_ts.get(partition, NEVER)
         for index, event in enumerate(events):
-            out.events += 1
             if isinstance(event, dict) and event.get("type") in (LINK_OUT, LINK_IN):
-                grouped.setdefault((partition, event["key"]), []).append((offset, index, event))
-                continue
-            verdict = rejection(event, limits)
-            if verdict is not None:
-                out.dead_letters.append(_dead(partition, offset, index, *verdict, event))
-                continue
-            ts = event["ts"]
-            if ts > self.max_ts.get(partition, NEVER):
-                self.max_ts[partition] = ts
-            grouped.setdefault((partition, contact_key(event)), []).append((offset, index, event))
+                key = event["key"]
+            else:
+                verdict = rejection(event, limits)
+                if verdict is not None:
+                    dead_letters.append(_dead(partition, offset, index, *verdict, event))
+                    continue
+                if event["ts"] > max_ts:
+                    max_ts = event["ts"]
+                key = contact_key(event)
+            # Sorting these tuples gives the apply order: event time, then position; the
+            # sequence number keeps a record delivered twice from comparing two dicts.
+            item = (event.get("ts", 0), offset, index, seen_before + index, event)
+            bucket = grouped.get((partition, key))
+            if bucket is None:
+                grouped[(partition, key)] = [item]
+            else:
+                bucket.append(item)
+        if max_ts != NEVER:
+            self.max_ts[partition] = max_ts
 
     def _record(self, key: str) -> ContactRecord:
         cache = self.cache
@@ -185,16 +198,21 @@ class BatchProcessor:
     def _apply_contact(self, partition: int, key: str, items: list, now_ms: int, out: BatchOutcome) -> ContactRecord:
         record = self._record(key)
         # Event-time order within the batch; position breaks ties so order stays deterministic.
-        items.sort(key=lambda item: (item[2].get("ts", 0), item[0], item[1]))
+        items.sort()
         window = self.limits.dedupe_window_ms
         watermark = self.watermark(partition, now_ms)
         touched = False
-        newest = record.pos
-        for offset, index, event in items:
-            if record.already_applied(offset, index):
+        # Positions compare as (offset, index) tuples: at or before the stored one means
+        # the event was applied before a crash (see ContactRecord.already_applied).
+        applied_up_to = tuple(record.pos)
+        newest = applied_up_to
+        for _ts, offset, index, _seq, event in items:
+            position = (offset, index)
+            if position <= applied_up_to:
                 out.duplicates[event.get("source") or "internal"] += 1
                 continue
-            newest = record.advance(offset, index, newest)
+            if position > newest:
+                newest = position
             kind = event["type"]
             if kind == LINK_OUT:
                 # The visitor's history moved: publish its (now empty) view so readers see that too.
@@ -225,7 +243,7 @@ class BatchProcessor:
             self._decide(record, apply_event(record.state, event, self.model), event.get("received_at"), now_ms, out)
             if kind in ("identify", "alias") and event.get("contact_id") and event.get("anonymous_id"):
                 self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
-        record.pos = newest
+        record.pos = list(newest)
         record.forget_before(window)
         self._write(partition, record, out, touched, now_ms)
         return record
