@@ -422,7 +422,14 @@ def _fire(
 
 
 def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledModel) -> list[dict[str, Any]]:
-    """Fold ``event`` into ``state`` (in place) and return the triggers it causes, as of ``event["ts"]``."""
+    """Fold ``event`` into ``state`` (in place) and return the triggers it causes, as of ``event["ts"]``.
+
+    This is the hot path (every event of every contact), so the accumulator update (``_add``),
+    the group sums and the end-of-step bookkeeping (``_settle_lifecycle``) are inlined here. Every
+    float is computed by the same operations in the same order as in those helpers (an ``exp``
+    whose argument is the same is reused, never re-derived), so the state and the triggers are
+    bit-for-bit those of the reference helpers; tests/unit/rules/test_rules_golden.py pins that.
+    """
     ts = event["ts"]
     etype = event.get("type")
     signal = etype if etype != "track" else model.signal_of(event)
@@ -434,7 +441,6 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     # an answer stamped at or after the deadline is late whether or not a tick ran before it.
     sla = state["sla"]
     early = _sla_breach(state, model) if sla is not None and sla["due"] <= ts else None
-    b = state["b"]
     if state["mv"] != model.version:
         _rebuild_groups(state, model)
     g = state["g"]
@@ -463,37 +469,109 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
 
     rules = model.by_signal.get(signal)
     if rules:
-        lateness = model.lateness
+        b = state["b"]
         for rid, points, k, cap, window, where, gkey in rules:
             if where is not None and not where(props):
                 continue
             entry = b.get(rid)
-            if entry is None:
-                entry = b[rid] = _new_entry(ts, points, cap, window)
+            if entry is None:  # _new_entry
+                fresh = True
+                if not cap:
+                    new_value = float(points)
+                    b[rid] = [ts, new_value, 0.0, 1, None, 0]
+                else:
+                    size = points if points > 0 else -points
+                    new_value = points if size <= cap else points * cap / size
+                    b[rid] = [ts, new_value, 0.0, 1, [[ts // window, size, float(points)]], 0]
                 old_value = 0.0
-                old_ref = ts
-            else:
-                old_value = entry[1]
+                old_ref = new_ref = ts
+                factor = 1.0
+            else:  # _add, inlined
+                fresh = False
                 old_ref = entry[0]
-                _add(entry, ts, points, k, cap, window, lateness)
-            new_ref = entry[0]
+                old_value = entry[1]
+                if ts > old_ref:
+                    factor = exp((old_ref - ts) * k) if k else 1.0
+                    entry[0] = new_ref = ts
+                    delta = points
+                else:
+                    factor = 1.0
+                    new_ref = old_ref
+                    delta = points * exp((ts - old_ref) * k) if (k and ts < old_ref) else points
+                entry[3] += 1
+                if not cap:
+                    entry[1] = new_value = old_value * factor + delta
+                else:
+                    windows = entry[4]  # [[window index, raw size, decayed at ref], ...] oldest first
+                    if factor != 1.0:
+                        entry[2] *= factor
+                        for w in windows:
+                            w[2] *= factor
+                    lateness = model.lateness
+                    if windows and (windows[0][0] + 1) * window + lateness <= new_ref:
+                        # Windows that can no longer receive events (within allowed lateness) are folded.
+                        while windows and (windows[0][0] + 1) * window + lateness <= new_ref:
+                            _, size, dec = windows.pop(0)
+                            entry[2] += dec if size <= cap else dec * cap / size
+                    idx = ts // window
+                    if (idx + 1) * window + lateness <= new_ref:
+                        entry[5] += 1  # too late for a closed window: documented to count 0
+                        entry[1] = new_value = entry[2] + sum(_capped(w[1], w[2], cap) for w in windows)
+                    else:
+                        size = points if points > 0 else -points
+                        if windows and windows[-1][0] == idx:
+                            w = windows[-1]
+                            w[1] += size
+                            w[2] += delta
+                        else:
+                            for pos, w in enumerate(windows):
+                                if w[0] == idx:
+                                    w[1] += size
+                                    w[2] += delta
+                                    break
+                                if w[0] > idx:
+                                    windows.insert(pos, [idx, size, delta])
+                                    break
+                            else:
+                                windows.append([idx, size, delta])
+                        total = entry[2]
+                        for _, size, dec in windows:
+                            total += dec if size <= cap else dec * cap / size
+                        entry[1] = new_value = total
             grp = g.get(gkey)
             if grp is None:
-                g[gkey] = [new_ref, entry[1], k]
-                decayed += entry[1]
+                g[gkey] = [new_ref, new_value, k]
+                decayed += new_value
                 continue
             group_ref = grp[0]
             value = grp[1]
-            before = value * exp((group_ref - ts) * k) if (k and ts > group_ref) else value
-            if new_ref > group_ref:
-                if k:
-                    value *= exp((group_ref - new_ref) * k)
-                grp[0] = group_ref = new_ref
             if k:
-                value += entry[1] * (exp((new_ref - group_ref) * k) if new_ref != group_ref else 1.0)
-                value -= old_value * (exp((old_ref - group_ref) * k) if old_ref != group_ref else 1.0)
+                if ts > group_ref:
+                    before = value * exp((group_ref - ts) * k)
+                    if new_ref == ts:
+                        value = before  # the same factor: value * exp((group_ref - new_ref) * k)
+                        grp[0] = group_ref = ts
+                    elif new_ref > group_ref:
+                        value *= exp((group_ref - new_ref) * k)
+                        grp[0] = group_ref = new_ref
+                else:
+                    before = value
+                    if new_ref > group_ref:
+                        value *= exp((group_ref - new_ref) * k)
+                        grp[0] = group_ref = new_ref
+                value += new_value if new_ref == group_ref else new_value * exp((new_ref - group_ref) * k)
+                if not fresh:
+                    if old_ref == group_ref:
+                        value -= old_value
+                    elif group_ref == ts and old_ref < ts:
+                        value -= old_value * factor  # factor = exp((old_ref - ts) * k) from the update above
+                    else:
+                        value -= old_value * exp((old_ref - group_ref) * k)
             else:
-                value += entry[1] - old_value
+                before = value
+                if new_ref > group_ref:
+                    grp[0] = new_ref
+                value += new_value - old_value
             grp[1] = value
             # The group's reference is now >= ts, and reads before the reference do not grow.
             decayed += value - before
@@ -505,8 +583,19 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     beh = (decayed + state["penalty"]) * model.beh_scale
     if beh > model.beh_max:
         beh = model.beh_max
-    score = fit + beh
-    score = 0.0 if score < 0.0 else (100.0 if score > 100.0 else round(score, 2))
+    total = fit + beh
+    disarmed = state["disarmed"]
+    routes = model.routing.get(signal)
+    if total < 0.0:
+        score = 0.0
+    elif total > 100.0:
+        score = 100.0
+    elif disarmed or routes or total >= model.quiet_below:
+        score = round(total, 2)
+    else:
+        # Rounding moves a score by at most 0.005: below quiet_below no threshold can fire and
+        # none is disarmed, so the rounded score is only needed if a trigger fires below.
+        score = -1.0
     previous = -1.0  # computed only when a decision needs it
 
     decisions: list[dict[str, Any]] = [early] if early is not None else []
@@ -527,6 +616,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
         reasons = _suppression_reasons(state, model)
         if reasons != old_reasons:
             state["suppressed"] = reasons
+            if score < 0.0:
+                score = round(total, 2)
             previous = _score(prev_fit, prev_decayed + prev_penalty, model)
             if reasons and not old_reasons:
                 decisions.append(
@@ -549,41 +640,40 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
         _sales_feedback(state, props, ts)
 
     suppressed = state["suppressed"]
-    disarmed = state["disarmed"]
-    for ttype, level, rearm, cooldown, suppressible, sets_mql in model.thresholds:
-        if ttype in disarmed:
-            if score >= rearm:
-                if previous < 0.0:
-                    previous = _score(prev_fit, prev_decayed + prev_penalty, model)
-                if previous >= rearm:
-                    continue
-            del disarmed[ttype]
-        if score < level or (suppressible and suppressed):
-            continue
-        if sets_mql and state["lead_state"] != "nurture":
-            continue
-        last = state["last_fired"].get(ttype)
-        if last is not None and ts - last < cooldown:
-            continue
-        disarmed[ttype] = ts
-        if sets_mql:
-            state["lead_state"] = "mql"
-            state["mql_at"] = ts
-        if previous < 0.0:
-            previous = _score(prev_fit, prev_decayed + prev_penalty, model)
-        fired = _fire(state, model, ttype, ts, score, previous, model.band(score))
-        decisions.append(fired)
-        if sets_mql and model.sla_ms:
-            # One timer per MQL; its breach id is derived from this MQL's ordinal.
-            state["sla"] = {
-                "due": ts + model.sla_ms,
-                "mql": state["fired"][ttype],
-                "mql_trigger_id": fired["trigger_id"],
-                "mql_at": ts,
-                "score": score,
-            }
+    if score >= 0.0:  # else: nothing disarmed and the score is below every threshold level
+        for ttype, level, rearm, cooldown, suppressible, sets_mql in model.thresholds:
+            if ttype in disarmed:
+                if score >= rearm:
+                    if previous < 0.0:
+                        previous = _score(prev_fit, prev_decayed + prev_penalty, model)
+                    if previous >= rearm:
+                        continue
+                del disarmed[ttype]
+            if score < level or (suppressible and suppressed):
+                continue
+            if sets_mql and state["lead_state"] != "nurture":
+                continue
+            last = state["last_fired"].get(ttype)
+            if last is not None and ts - last < cooldown:
+                continue
+            disarmed[ttype] = ts
+            if sets_mql:
+                state["lead_state"] = "mql"
+                state["mql_at"] = ts
+            if previous < 0.0:
+                previous = _score(prev_fit, prev_decayed + prev_penalty, model)
+            fired = _fire(state, model, ttype, ts, score, previous, model.band(score))
+            decisions.append(fired)
+            if sets_mql and model.sla_ms:
+                # One timer per MQL; its breach id is derived from this MQL's ordinal.
+                state["sla"] = {
+                    "due": ts + model.sla_ms,
+                    "mql": state["fired"][ttype],
+                    "mql_trigger_id": fired["trigger_id"],
+                    "mql_at": ts,
+                    "score": score,
+                }
 
-    routes = model.routing.get(signal)
     if routes:
         fit = min(model.fit_max, state["fit"] * model.fit_scale)
         for ttype, where, min_fit, min_score, cooldown, suppressible in routes:
@@ -611,7 +701,13 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                     )
                 )
 
-    _settle_lifecycle(state, model, ts, score, decisions)
+    # _settle_lifecycle, inlined for the common case (no timer to cancel, membership unchanged).
+    lead = state["lead_state"]
+    now_in = lead == "nurture" and not state["suppressed"]
+    if state["in_nurture"] is not now_in or (state["sla"] is not None and not (lead == "mql" and not state["suppressed"])):
+        if score < 0.0:
+            score = round(total, 2)
+        _settle_lifecycle(state, model, ts, score, decisions)
 
     if ts > state["updated_at"]:
         state["updated_at"] = ts

@@ -226,6 +226,12 @@ class CompiledModel:
             )
             for t in spec.thresholds
         )
+        # A score (unrounded, within 0-100) below this cannot reach any threshold level, even
+        # after rounding to 2 decimals (which moves it by at most 0.005): the engine then skips
+        # the rounding and the threshold loop when no threshold is disarmed. -inf disables that.
+        levels = [level for _, level, _, _, _, _ in self.thresholds]
+        low = min(levels) if levels else math.inf
+        self.quiet_below = low - 0.01 if low > 0.01 else -math.inf
         self.mql_threshold = float(spec.mql_threshold)
 
         routing: dict[str, list[tuple]] = {}
