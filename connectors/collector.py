@@ -6,7 +6,8 @@ Routes (DESIGN.md section 6):
   paths ``/v1/{t,p,s,i,a,g,b}``; JSON or text/plain bodies; write key as HTTP Basic
   user or ``writeKey`` in the body; 200 ``{"success": true}`` only after the broker
   acknowledged.
-- ``GET /v1/contacts/{id}`` (score as of now), ``GET /v1/contacts?band=hot&limit=50``,
+- ``GET /v1/contacts/{id}`` (score as of now), ``GET /v1/contacts?band=hot&limit=50`` (the
+  band as of now, see :func:`band_as_of`),
   ``GET /v1/triggers/stream`` (Server-Sent Events), ``GET /`` (live hot-leads page).
 - ``GET /metrics``, ``/healthz``, ``/readyz``.
 
@@ -45,7 +46,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from redis.asyncio import Redis
 
 from connectors import segment
-from connectors.sinks.redis_sink import BANDS, TRIGGER_STREAM, read_contact
+from connectors.sinks.redis_sink import BANDS, TRIGGER_STREAM, contact_key, read_contact
 from connectors.types import Backpressure, BadInput, BrokerUnavailable, Intake
 from rules.engine import view
 
@@ -273,8 +274,11 @@ class Collector:
             limit = max(1, min(500, int(request.query.get("limit", "50"))))
         except ValueError:
             raise BadInput("limit: expected an integer", field="limit") from None
-        rows = await self.redis.zrevrange(f"leadpulse:band:{band}", 0, limit - 1, withscores=True)
-        return json_response({"band": band, "contacts": [{"contact_id": cid.decode(), "score": score} for cid, score in rows]})
+        contacts, complete = await band_as_of(self.redis, band, limit, self.current_model(), now_ms())
+        body: dict[str, Any] = {"band": band, "contacts": contacts}
+        if not complete:
+            body["partial"] = True
+        return json_response(body)
 
     async def trigger_stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **CORS_HEADERS})
@@ -317,6 +321,49 @@ class Collector:
         if problems:
             return json_response({"status": "not ready", "problems": problems}, status=503)
         return json_response({"status": "ready", "rules_version": self.current_model().version})
+
+
+async def band_as_of(
+    redis: Redis, band: str, limit: int, model: Any, at_ms: int, chunk: int = 200, max_scanned: int = 5_000,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The ``limit`` contacts with the highest score as of ``at_ms`` whose band then is ``band``.
+
+    The band indexes hold each contact's score as of its last event; behaviour decays
+    after that, so a contact listed as hot may be warm by now, and one listed as
+    sql-ready may be hot. A score only falls between events, so the candidates are the
+    requested band's index and every higher band's, read in descending stored score;
+    each candidate's state is re-viewed at ``at_ms`` (exact decay). Reading stops once
+    ``limit`` contacts were found and no stored score left can beat the lowest of them,
+    or after ``max_scanned`` candidates (then the answer is marked incomplete).
+    Returns ``(contacts, complete)``.
+    """
+    wanted = BANDS.index(band)
+    found: list[dict[str, Any]] = []
+    scanned = 0
+    for candidate_band in reversed(BANDS[wanted:]):
+        start = 0
+        while True:
+            rows = await redis.zrevrange(f"leadpulse:band:{candidate_band}", start, start + chunk - 1, withscores=True)
+            if not rows:
+                break
+            start += len(rows)
+            if len(found) >= limit and rows[0][1] < found[limit - 1]["score"]:
+                return found, True  # stored scores only fall from here on: none can beat the top
+            pipe = redis.pipeline(transaction=False)
+            for contact_id, _stored_score in rows:
+                pipe.hget(contact_key(contact_id.decode()), "doc")
+            for (contact_id, _stored_score), doc in zip(rows, await pipe.execute()):
+                if not doc:
+                    continue
+                now = view(orjson.loads(doc), model, at_ms)
+                if now["band"] == band:
+                    found.append({"contact_id": contact_id.decode(), "score": now["score"]})
+            found.sort(key=lambda c: -c["score"])
+            del found[limit:]
+            scanned += len(rows)
+            if scanned >= max_scanned:
+                return found, False
+    return found, True
 
 
 def _error_body(status: int, reason: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

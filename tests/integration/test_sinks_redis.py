@@ -100,3 +100,49 @@ async def test_state_writer_moves_bands_and_syncs_the_suppression_set(redis):
     assert not await redis.sismember(SUPPRESSED_SET, who)
     await redis.delete(contact_key(who))
     await redis.zrem("leadpulse:band:sql", who)
+
+
+async def test_band_listing_is_as_of_now_after_decay(services):
+    """``band_as_of`` against a brute-force oracle: contacts written at their last event, read
+    weeks later, when behaviour decayed some out of their stored band (own Redis db)."""
+    import random
+
+    from benchmarks.workload import high_fit_traits, random_traits
+    from connectors.collector import band_as_of
+    from rules import default_model
+    from rules.engine import apply_event, new_state
+    from rules.engine import view as engine_view
+
+    model, rng = default_model(), random.Random(5)
+    client = Redis.from_url(services.redis_url, db=7)
+    await client.flushdb()
+    writer = RedisStateWriter(client)
+    now, day = 1_790_000_000_000, 86_400_000
+    states = {}
+    for i in range(40):
+        cid = f"c{i}"
+        state = new_state(cid)
+        start = now - rng.randrange(1, 80) * day
+        traits = high_fit_traits(cid, rng) if i % 2 else random_traits(cid, rng)
+        kinds = ["identify"] + rng.choices(["page_view", "demo_request", "webinar_attended", "email_click"], k=rng.randrange(1, 9))
+        for n, kind in enumerate(kinds):
+            ts = start + n * 60_000
+            apply_event(state, {"id": f"{cid}-{n}", "type": kind, "contact_id": cid, "anonymous_id": None, "ts": ts,
+                                "received_at": ts, "source": "segment", "traits": traits if kind == "identify" else {},
+                                "properties": {"path": "/pricing"} if kind == "page_view" else {}}, model)
+        states[cid] = state
+        await writer.write({cid: engine_view(state, model, ts)}, {cid: orjson.dumps(state)})
+
+    current = {cid: engine_view(state, model, now) for cid, state in states.items()}
+    stored = {cid: engine_view(state, model, state["updated_at"]) for cid, state in states.items()}
+    assert any(current[c]["band"] != stored[c]["band"] for c in states), "the data must show decay across a band edge"
+    for band in ("warm", "hot", "sql"):
+        expected = sorted((v["score"] for v in current.values() if v["band"] == band), reverse=True)[:5]
+        listed, complete = await band_as_of(client, band, 5, model, now, chunk=3)
+        assert complete
+        assert [c["score"] for c in listed] == expected, band
+        assert all(current[c["contact_id"]]["band"] == band for c in listed)
+    listed, complete = await band_as_of(client, "warm", 50, model, now, chunk=3, max_scanned=6)
+    assert not complete and listed  # a capped scan says so
+    await client.flushdb()
+    await client.aclose()
