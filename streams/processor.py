@@ -307,12 +307,16 @@ class BatchProcessor:
         else:
             timers[record.key] = due
         writes = out.writes.setdefault(partition, {})
-        writes[record.key] = record.encode()
+        if touched:
+            # The read side gets the engine state as JSON too: serialise it once for both.
+            state_json = orjson.dumps(record.state)
+            writes[record.key] = record.encode(state_json)
+            out.views[record.key] = view(record.state, self.model, now_ms)
+            out.docs[record.key] = state_json
+        else:
+            writes[record.key] = record.encode()
         if changed:
             writes[TIMERS_KEY.format(partition)] = orjson.dumps(timers)
-        if touched:
-            out.views[record.key] = view(record.state, self.model, now_ms)
-            out.docs[record.key] = orjson.dumps(record.state)
 
     # ---- identity stitching ---------------------------------------------------------------
     def _request_link(self, record: ContactRecord, anonymous_id: str, ts: int, out: BatchOutcome) -> None:

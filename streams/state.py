@@ -61,8 +61,10 @@ class ContactRecord:
         doc = orjson.loads(raw)
         return cls(key, doc["s"], doc)
 
-    def encode(self) -> bytes:
-        doc: dict[str, Any] = {"s": self.state, "pos": self.pos, "seen": {d: list(m) for d, m in self.seen.items()}}
+    def encode(self, state_json: bytes | None = None) -> bytes:
+        """The record as stored; ``state_json`` is ``orjson.dumps(self.state)`` when the caller has it."""
+        state: Any = self.state if state_json is None else orjson.Fragment(state_json)
+        doc: dict[str, Any] = {"s": state, "pos": self.pos, "seen": {d: list(m) for d, m in self.seen.items()}}
         # Optional parts are left out when empty: most contacts never need them.
         if self.held:
             doc["held"] = self.held
