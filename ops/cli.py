@@ -47,7 +47,14 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_json)
-    asyncio.run(serve_collector(settings, *_need_urls(settings)))
+    try:
+        # uvloop's C event loop: py-spy put ~40 % of the collector under asyncio's
+        # selector loop and socket writes at 3k events/s (HTTP responses, produce requests).
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_collector(settings, *_need_urls(settings)))
+    else:
+        uvloop.run(serve_collector(settings, *_need_urls(settings)))
     return 0
 
 
