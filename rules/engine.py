@@ -336,25 +336,31 @@ def _recompute_profile(state: dict[str, Any], model: CompiledModel) -> None:
     raw = 0.0
     detail: dict[str, list] = {}
     for name, fields, options in model.fit_categories:
-        values = list(_trait_value_iter(traits, fields))
+        values = [(path, value) for path in fields if (value := traits.get(path)) is not None and value != ""]
         if not values:
             continue
         # Options are in priority order; the first that matches any of the fields wins.
         for label, points, pred in options:
-            hit = next((path for path, value in values if pred(value)), None)
-            if hit is not None:
-                raw += points
-                detail[name] = [label, points, hit]
-                break
+            for path, value in values:
+                if pred(value):
+                    break
+            else:
+                continue
+            raw += points
+            detail[name] = [label, points, path]
+            break
     state["fit"] = raw
     state["fit_detail"] = detail
 
     penalty = 0.0
     pen_detail: dict[str, float] = {}
     for pid, fields, points, pred in model.penalties:
-        if any(pred(value) for _, value in _trait_value_iter(traits, fields)):
-            penalty += points
-            pen_detail[pid] = points
+        for path in fields:
+            value = traits.get(path)
+            if value is not None and value != "" and pred(value):
+                penalty += points
+                pen_detail[pid] = points
+                break
     state["penalty"] = penalty
     state["penalty_detail"] = pen_detail
 

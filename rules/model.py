@@ -148,6 +148,29 @@ def _prefix_where(key: str, prefix: str | list[str]) -> Predicate:
     return has_prefix
 
 
+def _memo_str(pred: Predicate, size: int = 4096) -> Predicate:
+    """``pred`` with its answers for ``str`` values remembered (at most ``size``, then forgotten at once).
+
+    Trait predicates (text normalisation + regex, country aliases, email domains) are pure
+    functions of the value, and profiles repeat the same titles, industries and domains, so a
+    trait change re-scores the fit from a dict lookup. Only exact ``str`` values are cached: other
+    types (numbers, where 0.0 and -0.0 hash alike but print differently) always call ``pred``.
+    """
+    cache: dict[str, bool] = {}
+
+    def memo(value: Any) -> bool:
+        if type(value) is not str:
+            return pred(value)
+        hit = cache.get(value)
+        if hit is None:
+            if len(cache) >= size:
+                cache.clear()
+            hit = cache[value] = bool(pred(value))
+        return hit
+
+    return memo
+
+
 def _path_from_url(url: Any) -> str | None:
     # Segment page calls carry both; a webhook-only source may send just the url.
     if not isinstance(url, str):
@@ -174,7 +197,7 @@ class CompiledModel:
         self.fit_categories = []
         for cat in fit.categories:
             norm = normalize.NORMALISERS[cat.normalize]
-            options = tuple((o.label, float(o.points), compile_matcher(o, norm)) for o in cat.options)
+            options = tuple((o.label, float(o.points), _memo_str(compile_matcher(o, norm))) for o in cat.options)
             self.fit_categories.append((cat.name, tuple(cat.fields), options))
 
         beh = spec.behaviour
@@ -184,7 +207,7 @@ class CompiledModel:
         self.penalties = []
         for pen in beh.trait_penalties:
             norm = normalize.NORMALISERS[pen.normalize]
-            self.penalties.append((pen.id, tuple(pen.fields), float(pen.points), compile_matcher(pen, norm)))
+            self.penalties.append((pen.id, tuple(pen.fields), float(pen.points), _memo_str(compile_matcher(pen, norm))))
 
         # signal -> tuple of (rule_id, points, k, cap_points or 0.0, window_ms or 0, where predicate or None,
         # decay group key). Rules sharing a half-life share one running sum in the state ("g").
@@ -249,7 +272,7 @@ class CompiledModel:
                 self.suppression_reasons.append(s.reason)
             if s.trait is not None:
                 m = Matcher(equals=s.equals) if s.equals is not None else Matcher(**{"in": s.in_})
-                self.suppress_traits.append((s.reason, s.trait, compile_matcher(m, normalize.text)))
+                self.suppress_traits.append((s.reason, s.trait, _memo_str(compile_matcher(m, normalize.text))))
             else:
                 self.suppress_events.setdefault(s.event, []).append((s.reason, compile_where(s.where)))
 
