@@ -239,7 +239,7 @@ class Collector:
                     raise too_deep
                 if isinstance(item, dict) and len(orjson.dumps(item)) > self.settings.max_event_bytes:
                     raise BadInput(f"event is larger than {self.settings.max_event_bytes} bytes", status=413)
-                accepted.append(segment.normalise(None, item, received_at=received, source=source))
+                accepted.append(segment.normalise(None, item, received_at=received, source=source, nesting_checked=True))
             except BadInput as exc:
                 rejected.append({"index": index, "error": exc.reason, "field": exc.field})
                 self.metrics.events_rejected.labels(source=source, reason="too_large" if exc.status == 413 else "invalid_event").inc()

@@ -175,15 +175,18 @@ def _first_error(exc: ValidationError) -> BadInput:
     return BadInput(f"{field}: {err['msg']}" if field else err["msg"], field=field)
 
 
-def normalise(call_type: str | None, payload: Any, *, received_at: int, source: str) -> dict[str, Any]:
+def normalise(
+    call_type: str | None, payload: Any, *, received_at: int, source: str, nesting_checked: bool = False,
+) -> dict[str, Any]:
     """One Segment call -> one normalised event; raises :class:`BadInput` naming the field.
 
     ``call_type`` is the type the path names; ``None`` (a batch item) takes it from the
-    call's ``type``, which is then required.
+    call's ``type``, which is then required. ``nesting_checked``: the caller already ran
+    :func:`nesting_problem` on ``payload`` (the batch handler must, before measuring it).
     """
     if not isinstance(payload, dict):
         raise BadInput("each call must be a JSON object")
-    too_deep = nesting_problem(payload)
+    too_deep = None if nesting_checked else nesting_problem(payload)
     if too_deep is not None:
         raise too_deep
     if call_type is None:
