@@ -651,6 +651,16 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             if ttype in disarmed:
                 if score >= rearm:
                     if previous < 0.0:
+                        # The common case of a disarmed contact staying above rearm: decided on the
+                        # unrounded previous score when rounding (<= 0.005) cannot change the answer.
+                        pf = prev_fit * model.fit_scale
+                        if pf > model.fit_max:
+                            pf = model.fit_max
+                        pb = (prev_decayed + prev_penalty) * model.beh_scale
+                        if pb > model.beh_max:
+                            pb = model.beh_max
+                        if rearm + 0.01 <= pf + pb <= 100.0:
+                            continue
                         previous = _score(prev_fit, prev_decayed + prev_penalty, model)
                     if previous >= rearm:
                         continue
