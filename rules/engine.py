@@ -889,16 +889,19 @@ def lead_state(state: dict[str, Any]) -> str:
     return "customer" if "customer" in state["suppressed"] else state["lead_state"]
 
 
-def view(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, Any]:
-    """The read model for GET /v1/contacts/{id}, as of ``now_ms``."""
-    fit = min(model.fit_max, state["fit"] * model.fit_scale)
+def _for_model(state: dict[str, Any], model: CompiledModel) -> dict[str, Any]:
+    """``state`` with its groups built for ``model`` (a shallow copy when they were not)."""
     if state["mv"] != model.version:
         state = dict(state)  # reading must not mutate: rebuild the groups on a shallow copy
         _rebuild_groups(state, model)
+    return state
+
+
+def _summary(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, Any]:
+    fit = min(model.fit_max, state["fit"] * model.fit_scale)
     beh_raw = _groups_decayed(state["g"], now_ms) + state["penalty"]
     behaviour = min(model.beh_max, beh_raw * model.beh_scale)
     score = _score(state["fit"], beh_raw, model)
-    health = state.get("health")
     return {
         "contact_id": state["contact_id"],
         "score": score,
@@ -907,6 +910,33 @@ def view(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, 
         "band": model.band(score),
         "state": lead_state(state),
         "suppressed": bool(state["suppressed"]),
+        "rules_version": model.version,
+        "updated_at": state["updated_at"],
+    }
+
+
+def summary(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, Any]:
+    """The scalar part of :func:`view` (what the read side indexes), without the reasons.
+
+    The worker publishes this for every contact a batch touched; readers compute the
+    reasons from the stored state when they ask for the contact.
+    """
+    return _summary(_for_model(state, model), model, now_ms)
+
+
+def view(state: dict[str, Any], model: CompiledModel, now_ms: int) -> dict[str, Any]:
+    """The read model for GET /v1/contacts/{id}, as of ``now_ms``."""
+    state = _for_model(state, model)
+    scalars = _summary(state, model, now_ms)
+    health = state.get("health")
+    return {
+        "contact_id": scalars["contact_id"],
+        "score": scalars["score"],
+        "fit": scalars["fit"],
+        "behaviour": scalars["behaviour"],
+        "band": scalars["band"],
+        "state": scalars["state"],
+        "suppressed": scalars["suppressed"],
         "suppression_reasons": list(state["suppressed"]),
         "rules_version": model.version,
         "reasons": top_reasons(state, model, now_ms, 5),

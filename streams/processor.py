@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import orjson
 
-from rules.engine import apply_event, due_triggers, merge_state, new_state, next_due, view
+from rules.engine import apply_event, due_triggers, merge_state, new_state, next_due, summary
 from streams.bots import BotRules
 from streams.events import ANONYMOUS_PREFIX, contact_key, decode_record, event_problem
 from streams.state import ContactRecord
@@ -311,7 +311,7 @@ class BatchProcessor:
             # The read side gets the engine state as JSON too: serialise it once for both.
             state_json = orjson.dumps(record.state)
             writes[record.key] = record.encode(state_json)
-            out.views[record.key] = view(record.state, self.model, now_ms)
+            out.views[record.key] = summary(record.state, self.model, now_ms)
             out.docs[record.key] = state_json
         else:
             writes[record.key] = record.encode()

@@ -117,3 +117,24 @@ def test_engine_results_are_bit_for_bit_the_reference_ones() -> None:
 
 if __name__ == "__main__":  # print the digests (to re-pin after a deliberate change of results)
     print(_run())
+
+
+def test_summary_is_the_scalar_part_of_view():
+    from rules import default_model
+    from rules.engine import apply_event, new_state, summary, view
+
+    model = default_model()
+    state = new_state("c1")
+    t0 = 1_790_000_000_000
+    events = [("identify", {"title": "Clinical Psychologist", "company": {"industry": "University", "employee_count": 1200}}),
+              ("page_view", {}), ("demo_request", {}), ("email_click", {})]
+    for n, (kind, traits) in enumerate(events):
+        apply_event(state, {"id": f"e{n}", "type": kind, "contact_id": "c1", "anonymous_id": None, "ts": t0 + n * 1000,
+                            "received_at": t0 + n * 1000, "source": "segment", "traits": traits,
+                            "properties": {"path": "/pricing"}}, model)
+    for at in (t0 + 5_000, t0 + 40 * 86_400_000):  # before and after weeks of decay
+        scalars, full = summary(state, model, at), view(state, model, at)
+        assert scalars == {key: full[key] for key in scalars}
+        assert set(scalars) == {"contact_id", "score", "fit", "behaviour", "band", "state", "suppressed",
+                                "rules_version", "updated_at"}
+    assert summary(state, model, t0 + 5_000)["score"] > summary(state, model, t0 + 40 * 86_400_000)["score"]
