@@ -38,9 +38,18 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
 
     async def publish(out: BatchOutcome) -> None:
         # Contact state first: whoever sees a trigger can then read the contact it names.
+        added = 0
         try:
-            await state_writer.write(out.views, out.docs)
-            added = await trigger_sink.write(out.triggers) if out.triggers else 0
+            if out.views or out.triggers:
+                # One round trip; Redis runs the pipeline in order, so the state goes first.
+                pipe = redis.pipeline(transaction=False)
+                if out.views:
+                    await state_writer.queue(pipe, out.views, out.docs)
+                if out.triggers:
+                    await trigger_sink.queue(pipe, out.triggers)
+                replies = await pipe.execute()
+                if out.triggers:
+                    added = int(replies[-1])
         except Exception:
             # The stream layer holds the batch and retries publish: count each attempt.
             metrics.sink_retries.labels(sink="redis").inc()

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 PREFIX = "leadpulse:"
 TRIGGER_STREAM = PREFIX + "triggers"
@@ -88,8 +89,13 @@ class RedisStateWriter:
         self._script = redis.register_script(_WRITE_CONTACTS)
 
     async def write(self, views: dict[str, dict[str, Any]], docs: dict[str, bytes]) -> None:
-        if not views:
-            return
+        if views:
+            pipe = self.redis.pipeline(transaction=False)
+            await self.queue(pipe, views, docs)
+            await pipe.execute()
+
+    async def queue(self, pipe: Pipeline, views: dict[str, dict[str, Any]], docs: dict[str, bytes]) -> None:
+        """Add the write of ``views`` to ``pipe`` (one script call), to go with other commands."""
         rows = []
         args: list[Any] = [b""]
         for contact_id, v in views.items():
@@ -100,7 +106,7 @@ class RedisStateWriter:
             ))
             args.append(docs.get(contact_id, b"{}"))
         args[0] = orjson.dumps(rows)
-        await self._script(args=args)
+        await self._script(args=args, client=pipe)
 
 
 class RedisTriggerSink:
@@ -118,11 +124,18 @@ class RedisTriggerSink:
         """Returns how many were new (the rest were replays of ids already delivered)."""
         if not triggers:
             return 0
+        pipe = self.redis.pipeline(transaction=False)
+        await self.queue(pipe, triggers)
+        (added,) = await pipe.execute()
+        return int(added)
+
+    async def queue(self, pipe: Pipeline, triggers: list[dict[str, Any]]) -> None:
+        """Add the append of ``triggers`` to ``pipe``; its reply is how many were new."""
         args: list[Any] = [self.maxlen, self.dedupe_ttl_ms]
         for trigger in triggers:
             args.append(trigger["trigger_id"])
             args.append(orjson.dumps(trigger))
-        return int(await self._script(keys=[TRIGGER_STREAM], args=args))
+        await self._script(keys=[TRIGGER_STREAM], args=args, client=pipe)
 
     async def close(self) -> None:
         return None
