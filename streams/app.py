@@ -79,6 +79,62 @@ def use_fetch_max_wait(max_wait_ms: int) -> None:
     thread_cls._create_worker_consumer = create_worker_consumer
 
 
+def use_seek_before_resume() -> None:
+    """Resume the stream partitions only after the seek to committed offsets and the queue clear.
+
+    After every assignment faust's ``Recovery.on_recovery_completed`` (0.15.3, same on
+    upstream master; faust-streaming issue #596) resumes the stream partitions, awaits the
+    seek to the committed offsets, then calls ``flow_control.resume()``, which empties every
+    agent's queue. The consumer flow is already running (recovery resumed it to read the
+    changelog), so in the ~100 ms seek the fetcher hands the agent records that are then
+    cleared, while the fetch position and faust's read offset have already moved past them;
+    a record fetched from the old position just before the seek can also make faust drop the
+    re-fetched copies ("offset < read offset"). Those records are never processed by this
+    process and, as faust commits only contiguous acked offsets, the commit stays stuck
+    below the first one. Here the stream partitions stay paused until the seek and the
+    clear are done, so what they deliver afterwards starts at the committed offsets.
+    """
+    from faust.tables.recovery import Recovery
+
+    if getattr(Recovery.on_recovery_completed, "_seek_before_resume", False):
+        return
+
+    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+        consumer = self.app.consumer
+        self.log.info("Restore complete!")
+        await self.app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callback_coros = [
+            asyncio.ensure_future(table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table]))
+            for table in self.tables.values()
+        ]
+        if callback_coros:
+            await asyncio.wait(callback_coros)
+        assignment = consumer.assignment()
+        if self.app.consumer_generation_id != generation_id:
+            self.log.warning(f"Recovery rebalancing again app id {self.app.consumer_generation_id} param {generation_id}")
+            return
+        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+        # A partition faust marked "buffer full" is fetched even while paused: not during the seek.
+        consumer._buffered_partitions.difference_update(streams)  # noqa: SLF001
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        self.completed.set()
+        self.app.flow_control.resume()  # empties the agents' queues
+        consumer.resume_partitions(streams)
+        consumer.resume_flow()
+        await self.app._fetcher.maybe_start()  # noqa: SLF001
+        self.tables.on_actives_ready()
+        if not self.app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    on_recovery_completed._seek_before_resume = True  # type: ignore[attr-defined]
+    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """What the stream layer needs from the settings (see ops.settings.Settings)."""
@@ -142,6 +198,7 @@ class ScoreApp:
         self.metrics = metrics
         self.publish = publish
         use_fetch_max_wait(config.fetch_max_wait_ms)
+        use_seek_before_resume()
         brokers = [f"kafka://{host.strip()}" for host in config.broker_url.split(",") if host.strip()]
         self.app = faust.App(
             config.app_id,
