@@ -45,6 +45,7 @@ from connectors.sinks.redis_sink import RedisStateWriter
 from rules import default_model, load_model
 from rules.engine import apply_event, new_state, view
 from streams.processor import BatchProcessor
+from streams.state import read_record
 
 DAY = 86_400_000
 BEHAVIOUR = ["page"] * 60 + ["email_open"] * 14 + ["email_click"] * 6 + ["time_on_site"] * 5 + \
@@ -120,7 +121,7 @@ async def measure(redis_url: str, sizes: list[int], distinct: int, progress: Pro
             out = processor.process(recs, now)
             for writes in out.writes.values():
                 store.update(writes)
-                records.update((k, v) for k, v in writes.items() if v.startswith(b'{"s":'))
+                records.update((k, v) for k, v in writes.items() if not k.startswith("\x00"))  # not the timer index
             await writer.write(out.views, out.docs)
             views_of.update(out.views)
             docs_of.update(out.docs)
@@ -142,7 +143,7 @@ async def measure(redis_url: str, sizes: list[int], distinct: int, progress: Pro
                     key, raw = distinct_items[i % len(distinct_items)]
                     new_key = f"{run}-s{i}"
                     old_b, new_b = f'"{key}"'.encode(), f'"{new_key}"'.encode()
-                    records[new_key] = raw.replace(old_b, new_b)
+                    records[new_key] = raw  # the key is not inside a stored record
                     views[new_key] = {**views_of[key], "contact_id": new_key}
                     docs[new_key] = docs_of[key].replace(old_b, new_b)
                     i += 1
@@ -174,7 +175,7 @@ async def measure(redis_url: str, sizes: list[int], distinct: int, progress: Pro
         t2 = time.perf_counter()
         checksum = 0.0
         for n, key in enumerate(keys, 1):
-            doc = orjson.loads(records[key])
+            doc = read_record(records[key], key)
             v = view(doc["s"], new, now)
             checksum += v["score"]
             orjson.dumps(v)

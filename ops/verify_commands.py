@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ops.settings import load_settings
+from streams.state import read_record
 
 
 async def live_from_redis(redis_url: str) -> dict[str, dict[str, Any]]:
@@ -39,7 +40,7 @@ def live_from_changelog(records: list[tuple[bytes | None, bytes | None]]) -> dic
     for key, value in records:
         if key is not None and not key.startswith(b"\x00"):
             latest[key.decode()] = value
-    return {key: orjson.loads(value)["s"] for key, value in latest.items() if value}
+    return {key: read_record(value, key)["s"] for key, value in latest.items() if value}
 
 
 async def verify(settings: Any, broker_url: str, redis_url: str, at_ms: int, out=sys.stdout) -> int:

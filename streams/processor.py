@@ -307,14 +307,10 @@ class BatchProcessor:
         else:
             timers[record.key] = due
         writes = out.writes.setdefault(partition, {})
+        writes[record.key] = record.encode()
         if touched:
-            # The read side gets the engine state as JSON too: serialise it once for both.
-            state_json = orjson.dumps(record.state)
-            writes[record.key] = record.encode(state_json)
             out.views[record.key] = summary(record.state, self.model, now_ms)
-            out.docs[record.key] = state_json
-        else:
-            writes[record.key] = record.encode()
+            out.docs[record.key] = orjson.dumps(record.state)
         if changed:
             writes[TIMERS_KEY.format(partition)] = orjson.dumps(timers)
 

@@ -10,6 +10,7 @@ from rules import default_model
 from streams.events import contact_key, encode_envelope
 from streams.partitioning import partition_for
 from streams.processor import BatchOutcome, BatchProcessor, StreamLimits
+from streams.state import read_record
 
 T0 = 1_795_000_000_000
 
@@ -76,4 +77,4 @@ class Harness:
         self.processor.cache.clear()
 
     def state(self, key: str) -> dict:
-        return orjson.loads(self.table[key])["s"]
+        return read_record(self.table[key], key)["s"]

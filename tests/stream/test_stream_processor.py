@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 
-import orjson
 import pytest
 from stream_harness import FIT, T0, Harness, event
 
 from rules.engine import view
 from streams.processor import StreamLimits
+from streams.state import read_record
 
 SECOND = 1000
 
@@ -155,7 +155,7 @@ def test_anonymous_history_moves_to_the_contact_with_concurrent_page_views():
                       event("a-late", "page_view", T0 + 6 * SECOND, "c9", properties={"path": "/pricing"})])
     merged.run(T0 + 7 * SECOND)
     assert score(h, "c9", T0 + 10 * SECOND) == pytest.approx(score(merged, "c9", T0 + 10 * SECOND), abs=1e-6)
-    assert orjson.loads(h.table["anon:visitor-1"])["redirect"] == "c9"
+    assert read_record(h.table["anon:visitor-1"], "anon:visitor-1")["redirect"] == "c9"
     # A later anonymous event is forwarded too, and a repeated identify merges nothing twice.
     h.produce([event("a-later", "page_view", T0 + 8 * SECOND, None, "visitor-1"),
                event("ident-2", "identify", T0 + 9 * SECOND, "c9", "visitor-1")])

@@ -68,5 +68,27 @@ def test_record_positions_and_dedupe():
 
 def test_fingerprint_is_stable_across_processes():
     # A fixed value: Python's hash() is salted per process, this must not be.
-    assert fingerprint("msg-1") == fingerprint("msg-1") == int.from_bytes(
-        __import__("hashlib").blake2b(b"msg-1", digest_size=6).digest(), "big")
+    assert fingerprint("msg-1") == fingerprint("msg-1") == __import__("hashlib").blake2b(b"msg-1", digest_size=6).digest()
+
+
+def test_records_are_compact_msgpack_and_earlier_json_records_still_read():
+    from rules import default_model
+    from rules.engine import apply_event, new_state
+    from streams.state import read_record
+
+    state = new_state("c7")
+    apply_event(state, {"id": "e1", "type": "page_view", "contact_id": "c7", "anonymous_id": None, "ts": 1_790_000_000_000,
+                        "received_at": 1_790_000_000_000, "source": "segment", "traits": {}, "properties": {}},
+                default_model())
+    record = ContactRecord("c7", state)
+    assert record.remember("e1", 1_790_000_000_000, 7 * 86_400_000)
+    raw = record.encode()
+    assert raw[:1] != b"{" and b"c7" not in raw  # MessagePack; the key is not repeated inside
+    back = ContactRecord.decode("c7", raw)
+    assert back.state == state and list(back.state) == list(state)  # defaults restored, engine key order
+    assert not back.remember("e1", 1_790_000_000_000, 7 * 86_400_000)
+    # A record written as JSON by an earlier version (fingerprints as ints).
+    legacy = orjson.dumps({"s": state, "pos": [3, 0], "seen": {"20717": [int.from_bytes(fingerprint("e1"), "big")]}})
+    old = ContactRecord.decode("c7", legacy)
+    assert old.state == state and old.pos == [3, 0] and not old.remember("e1", 1_790_000_000_000, 7 * 86_400_000)
+    assert read_record(raw, "c7")["s"] == state
