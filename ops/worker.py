@@ -8,7 +8,6 @@ runners) and ``ops`` (metrics, health, rules hot reload). A small aiohttp server
 from __future__ import annotations
 
 import asyncio
-import gc
 import re
 import logging
 import os
@@ -20,6 +19,7 @@ from redis.asyncio import Redis
 
 from connectors.sinks.delivery import build_runners
 from connectors.sinks.redis_sink import RedisStateWriter, RedisTriggerSink
+from ops.gc_policy import tune_garbage_collector
 from ops.logging import configure_logging
 from ops.metrics import Metrics
 from ops.model_holder import ModelHolder
@@ -258,19 +258,6 @@ async def _start_http(settings: Any, score: ScoreApp, redis: Redis, metrics: Met
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.worker_http_port, reuse_address=True).start()
     log.warning("worker metrics on http://%s:%d/metrics", settings.http_host, settings.worker_http_port)
-
-
-def tune_garbage_collector() -> None:
-    """Collect the young generation every 50k allocations instead of 700, the old one rarely.
-
-    Decoding a batch allocates hundreds of thousands of small dicts that live until the
-    batch ends, so CPython's default thresholds run a collection every few events and a
-    full one (over every cached contact record) every few batches: measured here, a
-    third of the decode time, 20 % of the processor's. Contact states are acyclic and
-    freed by reference counting; the cycle collector only has faust's and asyncio's
-    few cycles to find.
-    """
-    gc.set_threshold(50_000, 20, 1_000)
 
 
 def run_worker(settings: Any, broker_url: str, redis_url: str) -> None:
