@@ -47,14 +47,18 @@ def fingerprint(event_id: str) -> bytes:
     return blake2b(event_id.encode("utf-8"), digest_size=MARK_BYTES).digest()
 
 
-def _unpack_marks(packed: Any) -> set[bytes]:
+def _packed(bucket: Any) -> bytes:
     """A bucket as stored: packed bytes, base64 text of them (link records), or a list of
-    ints (records and link records of earlier versions)."""
-    if isinstance(packed, str):
-        packed = base64.b64decode(packed)
-    if isinstance(packed, (bytes, bytearray)):
-        return {bytes(packed[i:i + MARK_BYTES]) for i in range(0, len(packed), MARK_BYTES)}
-    return {int(mark).to_bytes(MARK_BYTES, "big") for mark in packed}
+    ints (records and link records of earlier versions); returned packed."""
+    if isinstance(bucket, str):
+        return base64.b64decode(bucket)
+    if isinstance(bucket, (bytes, bytearray)):
+        return bytes(bucket)
+    return b"".join(int(mark).to_bytes(MARK_BYTES, "big") for mark in bucket)
+
+
+def _marks_of(packed: bytes | bytearray) -> list[bytes]:
+    return [bytes(packed[i:i + MARK_BYTES]) for i in range(0, len(packed), MARK_BYTES)]
 
 
 # Engine-state fields a record leaves out while they hold the value a new state starts
@@ -64,14 +68,15 @@ _EMPTY_STATE = new_state("")
 _DEFAULTS = tuple((name, value) for name, value in _EMPTY_STATE.items() if name != "contact_id")
 
 
+_DEFAULT_OF = dict(_DEFAULTS)
+
+
 def _stored_state(state: dict[str, Any]) -> dict[str, Any]:
-    stored = dict(state)
-    stored.pop("contact_id", None)
-    for name, default in _DEFAULTS:
-        value = stored.get(name, _MISSING)
-        if value is not _MISSING and type(value) is type(default) and value == default:
-            del stored[name]
-    return stored
+    defaults = _DEFAULT_OF
+    return {
+        name: value for name, value in state.items()
+        if name != "contact_id" and not (type(value) is type(d := defaults.get(name, _MISSING)) and value == d)
+    }
 
 
 def _full_state(key: str, stored: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +104,12 @@ class ContactRecord:
         self.key = key
         self.state = state
         self.pos: list[int] = doc.get("pos") or [-1, -1]
-        # Buckets are sets in memory (O(1) membership); _marks is their union.
-        self.seen: dict[str, set[bytes]] = {day: _unpack_marks(marks) for day, marks in (doc.get("seen") or {}).items()}
-        self._marks: set[bytes] = set().union(*self.seen.values()) if self.seen else set()
+        # Buckets stay packed in memory, appended to as ids arrive, so writing a busy
+        # contact's record copies its buckets instead of joining thousands of marks;
+        # _marks (the union, as a set) answers membership.
+        self.seen: dict[str, bytearray] = {}
+        self._marks: set[bytes] = set()
+        self.merge_seen(doc.get("seen") or {})
         self.held: list[dict[str, Any]] = doc.get("held") or []
         self.suppressed_since: int | None = doc.get("sup")
         self.redirect: str | None = doc.get("redirect")
@@ -115,7 +123,7 @@ class ContactRecord:
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"s": _stored_state(self.state), "pos": self.pos,
-                               "seen": {d: b"".join(m) for d, m in self.seen.items()}}
+                               "seen": {d: bytes(packed) for d, packed in self.seen.items()}}
         # Optional parts are left out when empty: most contacts never need them.
         if self.held:
             doc["held"] = self.held
@@ -151,12 +159,16 @@ class ContactRecord:
         if mark in self._marks:
             return False
         self._marks.add(mark)
-        self.seen.setdefault(str(received_at // DAY_MS), set()).add(mark)
+        bucket = self.seen.get(day := str(received_at // DAY_MS))
+        if bucket is None:
+            self.seen[day] = bytearray(mark)
+        else:
+            bucket += mark
         return True
 
     def seen_doc(self) -> dict[str, str]:
         """The dedupe buckets as JSON-ready text (base64 of the packed fingerprints, for link records)."""
-        return {day: base64.b64encode(b"".join(marks)).decode("ascii") for day, marks in self.seen.items()}
+        return {day: base64.b64encode(packed).decode("ascii") for day, packed in self.seen.items()}
 
     def clear_seen(self) -> None:
         self.seen = {}
@@ -164,10 +176,13 @@ class ContactRecord:
 
     def merge_seen(self, other: dict[str, Any]) -> None:
         """Add buckets in the form :meth:`seen_doc` writes (or the int lists of earlier versions)."""
-        for day, packed in other.items():
-            marks = _unpack_marks(packed)
-            self.seen.setdefault(day, set()).update(marks)
-            self._marks.update(marks)
+        marks = self._marks
+        for day, bucket in other.items():
+            packed = self.seen.setdefault(day, bytearray())
+            for mark in _marks_of(_packed(bucket)):
+                if mark not in marks:
+                    marks.add(mark)
+                    packed += mark
 
     def forget_before(self, window_ms: int) -> None:
         if not self.seen:
@@ -178,4 +193,4 @@ class ContactRecord:
         for day in expired:
             del self.seen[day]
         if expired:
-            self._marks = set().union(*self.seen.values()) if self.seen else set()
+            self._marks = {mark for packed in self.seen.values() for mark in _marks_of(packed)}
