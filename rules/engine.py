@@ -216,20 +216,11 @@ def _capped(size: float, decayed: float, cap: float) -> float:
     return decayed if size <= cap else decayed * cap / size
 
 
-def _add(entry: list, ts: int, points: float, k: float, cap: float, window: int, lateness: int) -> None:
-    """Fold one event's points into an existing rule accumulator (see the module docstring)."""
-    ref = entry[0]
-    if ts > ref:
-        factor = exp((ref - ts) * k) if k else 1.0
-        entry[0] = ts
-        delta = points
-    else:
-        factor = 1.0
-        delta = points * exp((ts - ref) * k) if (k and ts < ref) else points
-    entry[3] += 1
-    if not cap:
-        entry[1] = entry[1] * factor + delta
-        return
+def _add_windowed(entry: list, ts: int, points: float, delta: float, factor: float, cap: float, window: int,
+                  lateness: int) -> None:
+    """Fold one event into a capped rule's accumulator whose reference time was already moved
+    to the later of its own and ``ts``: ``factor`` decays what it held to that time and
+    ``delta`` is the event's points at it (see the module docstring). Sets ``entry[1]``."""
     windows = entry[4]  # [[window index, raw size, decayed at ref], ...] oldest first
     if factor != 1.0:
         entry[2] *= factor
@@ -241,7 +232,7 @@ def _add(entry: list, ts: int, points: float, k: float, cap: float, window: int,
         # Windows that can no longer receive events (within allowed lateness) are folded.
         while windows and (windows[0][0] + 1) * window + lateness <= newest:
             _, size, decayed = windows.pop(0)
-            entry[2] += _capped(size, decayed, cap)
+            entry[2] += decayed if size <= cap else decayed * cap / size
     if (idx + 1) * window + lateness <= newest:
         entry[5] += 1  # too late for a closed window: documented to count 0
         entry[1] = entry[2] + sum(_capped(w[1], w[2], cap) for w in windows)
@@ -430,7 +421,7 @@ def _fire(
 def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledModel) -> list[dict[str, Any]]:
     """Fold ``event`` into ``state`` (in place) and return the triggers it causes, as of ``event["ts"]``.
 
-    This is the hot path (every event of every contact), so the accumulator update (``_add``),
+    This is the hot path (every event of every contact), so the uncapped accumulator update,
     the group sums and the end-of-step bookkeeping (``_settle_lifecycle``) are inlined here. Every
     float is computed by the same operations in the same order as in those helpers (an ``exp``
     whose argument is the same is reused, never re-derived), so the state and the triggers are
@@ -492,7 +483,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 old_value = 0.0
                 old_ref = new_ref = ts
                 factor = 1.0
-            else:  # _add, inlined
+            else:  # an existing accumulator: decay it to the later reference time, add the event
                 fresh = False
                 old_ref = entry[0]
                 old_value = entry[1]
@@ -508,42 +499,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 if not cap:
                     entry[1] = new_value = old_value * factor + delta
                 else:
-                    windows = entry[4]  # [[window index, raw size, decayed at ref], ...] oldest first
-                    if factor != 1.0:
-                        entry[2] *= factor
-                        for w in windows:
-                            w[2] *= factor
-                    lateness = model.lateness
-                    if windows and (windows[0][0] + 1) * window + lateness <= new_ref:
-                        # Windows that can no longer receive events (within allowed lateness) are folded.
-                        while windows and (windows[0][0] + 1) * window + lateness <= new_ref:
-                            _, size, dec = windows.pop(0)
-                            entry[2] += dec if size <= cap else dec * cap / size
-                    idx = ts // window
-                    if (idx + 1) * window + lateness <= new_ref:
-                        entry[5] += 1  # too late for a closed window: documented to count 0
-                        entry[1] = new_value = entry[2] + sum(_capped(w[1], w[2], cap) for w in windows)
-                    else:
-                        size = points if points > 0 else -points
-                        if windows and windows[-1][0] == idx:
-                            w = windows[-1]
-                            w[1] += size
-                            w[2] += delta
-                        else:
-                            for pos, w in enumerate(windows):
-                                if w[0] == idx:
-                                    w[1] += size
-                                    w[2] += delta
-                                    break
-                                if w[0] > idx:
-                                    windows.insert(pos, [idx, size, delta])
-                                    break
-                            else:
-                                windows.append([idx, size, delta])
-                        total = entry[2]
-                        for _, size, dec in windows:
-                            total += dec if size <= cap else dec * cap / size
-                        entry[1] = new_value = total
+                    _add_windowed(entry, ts, points, delta, factor, cap, window, model.lateness)
+                    new_value = entry[1]
             grp = g.get(gkey)
             if grp is None:
                 g[gkey] = [new_ref, new_value, k]
