@@ -202,17 +202,12 @@ class BatchProcessor:
         window = self.limits.dedupe_window_ms
         watermark = self.watermark(partition, now_ms)
         touched = False
-        # Positions compare as (offset, index) tuples: at or before the stored one means
-        # the event was applied before a crash (see ContactRecord.already_applied).
-        applied_up_to = tuple(record.pos)
-        newest = applied_up_to
+        newest = record.pos
         for _ts, offset, index, _seq, event in items:
-            position = (offset, index)
-            if position <= applied_up_to:
+            if record.already_applied(offset, index):
                 out.duplicates[event.get("source") or "internal"] += 1
                 continue
-            if position > newest:
-                newest = position
+            newest = record.advance(offset, index, newest)
             kind = event["type"]
             if kind == LINK_OUT:
                 # The visitor's history moved: publish its (now empty) view so readers see that too.
@@ -243,7 +238,7 @@ class BatchProcessor:
             self._decide(record, apply_event(record.state, event, self.model), event.get("received_at"), now_ms, out)
             if kind in ("identify", "alias") and event.get("contact_id") and event.get("anonymous_id"):
                 self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
-        record.pos = list(newest)
+        record.pos = newest
         record.forget_before(window)
         self._write(partition, record, out, touched, now_ms)
         return record
