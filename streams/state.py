@@ -64,11 +64,7 @@ def _marks_of(packed: bytes | bytearray) -> list[bytes]:
 # Engine-state fields a record leaves out while they hold the value a new state starts
 # with (most contacts never get an MQL, a rejection, a health score, ...), and the
 # contact id, which is the record's key: ~150 bytes of a typical record.
-_EMPTY_STATE = new_state("")
-_DEFAULTS = tuple((name, value) for name, value in _EMPTY_STATE.items() if name != "contact_id")
-
-
-_DEFAULT_OF = dict(_DEFAULTS)
+_DEFAULT_OF = new_state("")
 
 
 def _stored_state(state: dict[str, Any]) -> dict[str, Any]:

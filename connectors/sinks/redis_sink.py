@@ -75,7 +75,7 @@ return #rows
 
 
 class RedisStateWriter:
-    """Publishes contact views (from ``rules.engine.view``) after each batch.
+    """Publishes contact summaries (``rules.engine.summary``) after each batch.
 
     Every contact of the batch goes out in one script call: its hash is rewritten (the
     score moved), and the suppression set and band indexes change only when the hash
