@@ -100,7 +100,7 @@ def build_worker(settings: Any, broker_url: str, redis_url: str, metrics: Metric
 
     @app.timer(interval=2.0)
     async def observe_lag() -> None:
-        observe_consumer(score, metrics, lag_inputs, await unread_positions(score, lag_inputs))
+        await observe_consumer(score, metrics, lag_inputs)
 
     async def start_http() -> None:
         if settings.worker_http_port:
@@ -140,42 +140,16 @@ def events_partitions(score: ScoreApp) -> list[int]:
     return sorted(tp.partition for tp in assignment if tp.topic == score.config.events_topic)
 
 
-async def unread_positions(score: ScoreApp, known: dict[Any, tuple[int | None, int | None]]) -> dict[Any, int]:
-    """The consumer's fetch position of each owned partition nothing has been read from yet.
-
-    A fresh group that never received a record on a partition has neither a committed
-    nor a read offset there; its position (where the next fetch starts) still says how
-    far behind it is, so an idle partition gets a lag series too.
-    """
-    consumer = score.app.consumer
-    positions: dict[Any, int] = {}
-    for tp in consumer.assignment():
-        if tp.topic != score.config.events_topic or known.get(tp, (None, None))[1] is not None:
-            continue
-        if consumer._committed_offset.get(tp) is not None or getattr(consumer, "_read_offset", {}).get(tp) is not None:  # noqa: SLF001
-            continue
-        try:
-            position = await asyncio.wait_for(consumer.position(tp), timeout=2)
-        except Exception:  # noqa: BLE001 - revoked meanwhile or no answer yet; the next tick tries again
-            continue
-        if position is not None:
-            positions[tp] = position
-    return positions
-
-
-def observe_consumer(
-    score: ScoreApp,
-    metrics: Metrics,
-    known: dict[Any, tuple[int | None, int | None]] | None = None,
-    positions: dict[Any, int] | None = None,
+async def observe_consumer(
+    score: ScoreApp, metrics: Metrics, known: dict[Any, tuple[int | None, int | None]] | None = None,
 ) -> None:
     """Set ``leadpulse_consumer_lag`` per owned partition and ``leadpulse_contacts``.
 
     Lag is the broker's high watermark (next offset to be written) minus the
     group's committed offset (next offset to read), the number kafka-consumer-groups
     reports. Before the first commit of a fresh group the read position stands in,
-    and before the first record the fetch position (``positions``, from
-    ``unread_positions``).
+    and before the first record the consumer's fetch position (where reading starts),
+    so an idle partition has a lag series too.
     Partitions this worker no longer owns (a rebalance moved them) are removed, so
     two workers never both report one partition for long.
     """
@@ -192,7 +166,10 @@ def observe_consumer(
         committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust exposes no public getter
         if committed is None:
             read = getattr(consumer, "_read_offset", {}).get(tp)
-            committed = (positions or {}).get(tp) if read is None else read + 1
+            if read is not None:
+                committed = read + 1
+            elif last_committed is None:
+                committed = await _fetch_position(consumer, tp)
         highwater = highwater if highwater is not None else last_highwater
         committed = committed if committed is not None else last_committed
         known[tp] = (highwater, committed)
@@ -204,6 +181,13 @@ def observe_consumer(
         if labels[0] not in owned:
             metrics.consumer_lag.remove(*labels)
     metrics.contacts.set(len(score.contacts.data))
+
+
+async def _fetch_position(consumer: Any, tp: Any) -> int | None:
+    try:
+        return await asyncio.wait_for(consumer.position(tp), timeout=2)
+    except Exception:  # noqa: BLE001 - revoked meanwhile or no answer yet; the next tick tries again
+        return None
 
 
 async def _broker_problem(score: ScoreApp) -> str | None:

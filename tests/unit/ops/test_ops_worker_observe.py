@@ -9,13 +9,14 @@ from types import SimpleNamespace
 from faust.types import TP
 
 from ops.metrics import Metrics
-from ops.worker import _count_redis_deliveries, events_partitions, observe_consumer, unread_positions
+from ops.worker import _count_redis_deliveries, events_partitions, observe_consumer
 
 
 class FakeConsumer:
     def __init__(self, assignment, highwater, committed, read=None, positions=None):
         self._assignment = set(assignment)
         self._positions = positions or {}
+        self.positions_asked: list = []
         self._highwater = highwater
         self._committed_offset = defaultdict(lambda: None, committed)
         self._read_offset = defaultdict(lambda: None, read or {})
@@ -27,6 +28,7 @@ class FakeConsumer:
         return self._highwater.get(tp)
 
     async def position(self, tp):
+        self.positions_asked.append(tp)
         return self._positions.get(tp)
 
 
@@ -43,7 +45,7 @@ def test_lag_is_highwater_minus_committed_per_owned_events_partition():
     tp0, tp1, other = TP("ev", 0), TP("ev", 1), TP("ev-changelog", 0)
     consumer = FakeConsumer({tp0, tp1, other}, {tp0: 120, tp1: 50, other: 9}, {tp0: 100, tp1: 50, other: 1})
     metrics = Metrics()
-    observe_consumer(score_with(consumer), metrics)
+    asyncio.run(observe_consumer(score_with(consumer), metrics))
     assert lag(metrics) == {"0": 20.0, "1": 0.0}
     assert metrics.contacts.collect()[0].samples[0].value == 3
 
@@ -51,15 +53,15 @@ def test_lag_is_highwater_minus_committed_per_owned_events_partition():
 def test_before_the_first_commit_the_read_position_stands_in():
     tp0 = TP("ev", 0)
     metrics = Metrics()
-    observe_consumer(score_with(FakeConsumer({tp0}, {tp0: 10}, {}, {tp0: 3})), metrics)
+    asyncio.run(observe_consumer(score_with(FakeConsumer({tp0}, {tp0: 10}, {}, {tp0: 3})), metrics))
     assert lag(metrics) == {"0": 6.0}  # offsets 4..9 are still to be read
 
 
 def test_partitions_moved_away_are_no_longer_reported():
     tp0, tp1 = TP("ev", 0), TP("ev", 1)
     metrics = Metrics()
-    observe_consumer(score_with(FakeConsumer({tp0, tp1}, {tp0: 5, tp1: 5}, {tp0: 5, tp1: 4})), metrics)
-    observe_consumer(score_with(FakeConsumer({tp1}, {tp1: 5}, {tp1: 5})), metrics)
+    asyncio.run(observe_consumer(score_with(FakeConsumer({tp0, tp1}, {tp0: 5, tp1: 5}, {tp0: 5, tp1: 4})), metrics))
+    asyncio.run(observe_consumer(score_with(FakeConsumer({tp1}, {tp1: 5}, {tp1: 5})), metrics))
     assert lag(metrics) == {"1": 0.0}
 
 
@@ -84,8 +86,8 @@ def test_an_idle_partition_of_a_fresh_group_reports_lag_from_its_fetch_position(
     consumer = FakeConsumer({tp0, tp1}, {tp0: 7, tp1: 0}, {tp0: 7}, positions={tp1: 0})
     score = score_with(consumer)
     metrics = Metrics()
-    assert asyncio.run(unread_positions(score, {})) == {tp1: 0}  # tp0 has a commit: no need to ask
-    observe_consumer(score, metrics, {}, asyncio.run(unread_positions(score, {})))
+    asyncio.run(observe_consumer(score, metrics, {}))
+    assert consumer.positions_asked == [tp1]  # tp0 has a commit: no need to ask
     assert lag(metrics) == {"0": 0.0, "1": 0.0}
 
 
@@ -93,5 +95,5 @@ def test_without_a_position_an_unread_partition_is_not_reported():
     tp0 = TP("ev", 0)
     score = score_with(FakeConsumer({tp0}, {tp0: 4}, {}))
     metrics = Metrics()
-    observe_consumer(score, metrics, {}, asyncio.run(unread_positions(score, {})))
+    asyncio.run(observe_consumer(score, metrics, {}))
     assert lag(metrics) == {}
