@@ -79,6 +79,24 @@ def use_fetch_max_wait(max_wait_ms: int) -> None:
     thread_cls._create_worker_consumer = create_worker_consumer
 
 
+async def _seek_uncommitted_to_earliest(consumer: Any, partitions: set[Any]) -> None:
+    """Put partitions the group never committed back at their first offset.
+
+    aiokafka's ``seek_to_committed`` leaves a partition without a committed offset where
+    the fetcher happens to be, and during recovery the fetcher may already have read past
+    records that the queue clear then drops (seen on a fresh triggers partition: a restarted
+    worker began at its end and never delivered what the first worker had produced). With
+    no commit the right place is what ``auto_offset_reset="earliest"`` means: the start.
+    """
+    committed = consumer._committed_offset  # noqa: SLF001 - faust keeps no public view
+    uncommitted = [tp for tp in partitions if not committed.get(tp)]
+    if not uncommitted:
+        return
+    earliest = await consumer.earliest_offsets(*uncommitted)
+    for tp in uncommitted:
+        await consumer.seek(tp, earliest.get(tp) or 0)
+
+
 def use_seek_before_resume() -> None:
     """Resume the stream partitions only after the seek to committed offsets and the queue clear.
 
@@ -92,7 +110,9 @@ def use_seek_before_resume() -> None:
     re-fetched copies ("offset < read offset"). Those records are never processed by this
     process and, as faust commits only contiguous acked offsets, the commit stays stuck
     below the first one. Here the stream partitions stay paused until the seek and the
-    clear are done, so what they deliver afterwards starts at the committed offsets.
+    clear are done, so what they deliver afterwards starts at the committed offsets, and a
+    partition the group never committed goes back to its first offset (the seek leaves it
+    wherever the fetcher was, possibly past records the clear dropped).
     """
     from faust.tables.recovery import Recovery
 
@@ -120,6 +140,7 @@ def use_seek_before_resume() -> None:
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+            await self._wait(_seek_uncommitted_to_earliest(consumer, streams), timeout=self.app.conf.broker_request_timeout)
         self.completed.set()
         self.app.flow_control.resume()  # empties the agents' queues
         consumer.resume_partitions(streams)

@@ -327,6 +327,10 @@ def test_sigterm_finishes_the_batch_flushes_sinks_and_commits(make_workers, serv
         workers.start("w1")
         # Many small records so the SIGTERM lands while the worker is busy with them.
         asyncio.run(produce(services.broker_url, settings.events_topic, 2, plan.wave(0, 2)))
+        # On a loaded machine the worker may not have fetched anything yet when the
+        # produce returns: stop it only once it is scoring, so the SIGTERM meets work.
+        ops_support.eventually("the first worker to score", lambda: ops_support.total(
+            workers.metrics("w1"), "leadpulse_events_scored_total") > 0, timeout=30, interval=0.05)
         assert workers.stop("w1") == 0  # SIGTERM: clean exit, no kill needed
 
         workers.start("w1b")
@@ -347,7 +351,8 @@ def test_sigterm_finishes_the_batch_flushes_sinks_and_commits(make_workers, serv
         on_topic = Counter(v["trigger_id"] for _, v in records if v["contact_id"].startswith(plan.prefix))
         assert set(on_topic) == expected_ids and max(on_topic.values()) == 1
         ops_support.eventually("the webhook to receive every trigger",
-                               lambda: set(receiver.ids()) >= expected_ids, timeout=30)
+                               lambda: set(receiver.ids()) >= expected_ids, timeout=30,
+                               detail=lambda: f"missing {sorted(expected_ids - set(receiver.ids()))}")
         delivered = Counter(receiver.ids())
         assert max(delivered.values()) == 1
     finally:
