@@ -246,6 +246,7 @@ class ScoreApp:
         self.triggers_topic = self.app.topic(config.triggers_topic, partitions=config.partitions, **raw)
         self.dlq_topic = self.app.topic(config.dlq_topic, partitions=config.partitions, **raw)
         self.contacts = self.app.Table("contacts", partitions=config.partitions, key_type=bytes, value_type=bytes)
+        self._changelog_topic = self.contacts.changelog_topic.get_topic_name()
         self.processor = BatchProcessor(model, self._load, config.limits, config.bots)
         self.batches = 0
         # The agent and the timer tick both read and write contact records: one at a time.
@@ -323,7 +324,7 @@ class ScoreApp:
         """
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        changelog = self.contacts.changelog_topic.get_topic_name()
+        changelog = self._changelog_topic
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.broker_url.split(","), enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_wait_ms=100,
@@ -390,13 +391,33 @@ class ScoreApp:
         for ack in acks:
             await ack
         await self._publish_with_retry(out)
-        for partition, writes in out.writes.items():
-            for key, value in writes.items():
-                raw_key = key.encode("utf-8")
-                self._store_put(raw_key, value, partition)
-                self.contacts.send_changelog(partition, raw_key, value)
+        if out.writes:
+            await self._write_table(out.writes)
         if self.metrics is not None:
             self._observe(out, time.perf_counter() - started)
+
+    async def _write_table(self, writes: dict[int, dict[str, bytes]]) -> None:
+        """Write the touched records to the table and its changelog, and wait for the acks.
+
+        The records go straight to the producer rather than through ``Table.send_changelog``:
+        that path queues each record in faust's producer buffer, drained one message at a
+        time by a background task, and faust's conductor stops handing records to every
+        agent while more than 100 wait there. With hundreds of contacts per batch the score
+        agent was then fed a few records at a time (measured on the 1M-event bench: batches
+        of 2-3 envelope records and an empty agent queue, ~10k events/s, while the same
+        processing keeps up with 40k+ events/s). Waiting for the acks here keeps "the batch
+        is done" meaning "its state is durable", as before with faust's flush before commit.
+        """
+        send = self.app.producer.send
+        topic = self._changelog_topic
+        acks = []
+        for partition, records in writes.items():
+            for key, value in records.items():
+                raw_key = key.encode("utf-8")
+                self._store_put(raw_key, value, partition)
+                acks.append(await send(topic, raw_key, value, partition, None, None))
+        for ack in acks:
+            await ack
 
     def _store_put(self, raw_key: bytes, value: bytes, partition: int) -> None:
         """Write the in-memory table, and tell faust's memory store which partition owns the key
