@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from connectors.sinks.slack import TYPE_LABELS
@@ -135,10 +136,16 @@ def stack(services, tmp_path_factory, receiver):
     assert "sla: 4h" in text
     (rules_dir / "model.yaml").write_text(text.replace("sla: 4h", f"sla: {SLA_MS}ms"))
     (rules_dir / "health.yaml").write_text((DEFAULT_MODEL_PATH.parent / "health.yaml").read_text())
+    # Its own Redis database: the band listing and the trigger stream are global, and other
+    # modules sharing the session's Redis leave hot contacts and triggers of their own.
+    redis_url = services.redis_url.rsplit("/", 1)[0] + "/4"
+    with SyncRedis.from_url(redis_url) as fresh:
+        fresh.flushdb()
     settings = isolated_settings(
         services,
         data_dir,
         "alerts",
+        redis_url=redis_url,
         rules=str(rules_dir / "model.yaml"),
         slack_webhook_url=receiver.url("/slack"),
         lateness=1_000,  # handoff triggers wait for the watermark (event time - lateness): keep it short here
