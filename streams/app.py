@@ -235,6 +235,9 @@ class ScoreApp:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_linger=0.002,
+            # Changelog records go out as record batches (ScoreApp._write_table): room for
+            # a few hundred ~1 KB records per batch instead of aiokafka's 16 KB.
+            producer_max_batch_size=262_144,
             stream_buffer_maxsize=16_384,
             Monitor=QuietMonitor,
             # Static membership: a restarted worker reclaims its partitions at once instead
@@ -408,14 +411,23 @@ class ScoreApp:
         processing keeps up with 40k+ events/s). Waiting for the acks here keeps "the batch
         is done" meaning "its state is durable", as before with faust's flush before commit.
         """
-        send = self.app.producer.send
+        producer = self.app.producer._ensure_producer()  # noqa: SLF001 - aiokafka's batch API
         topic = self._changelog_topic
         acks = []
         for partition, records in writes.items():
+            # Record batches built here cost a few microseconds per record; a send() per
+            # record (a future and an accumulator step each) cost ~25 us in the live profile.
+            batch = producer.create_batch()
             for key, value in records.items():
                 raw_key = key.encode("utf-8")
                 self._store_put(raw_key, value, partition)
-                acks.append(await send(topic, raw_key, value, partition, None, None))
+                if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full
+                    batch.close()
+                    acks.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=raw_key, value=value, timestamp=None)
+            batch.close()
+            acks.append(await producer.send_batch(batch, topic, partition=partition))
         for ack in acks:
             await ack
 
