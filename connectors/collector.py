@@ -49,6 +49,7 @@ from connectors import segment
 from connectors.sinks.redis_sink import BANDS, TRIGGER_STREAM, contact_key, read_contact
 from connectors.types import Backpressure, BadInput, BrokerUnavailable, Intake
 from rules.engine import view
+from streams.state import state_from_doc
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ class Collector:
             return json_response({"error": f"unknown contact {contact_id}"}, status=404)
         doc = stored.get(b"doc")
         if doc:
-            body = view(orjson.loads(doc), self.current_model(), now_ms())
+            body = view(state_from_doc(doc, contact_id), self.current_model(), now_ms())
         else:
             body = {k.decode(): v.decode() for k, v in stored.items()}
         return json_response(body)
@@ -355,7 +356,7 @@ async def band_as_of(
             for (contact_id, _stored_score), doc in zip(rows, await pipe.execute()):
                 if not doc:
                     continue
-                now = view(orjson.loads(doc), model, at_ms)
+                now = view(state_from_doc(doc, contact_id.decode()), model, at_ms)
                 if now["band"] == band:
                     found.append({"contact_id": contact_id.decode(), "score": now["score"]})
             found.sort(key=lambda c: -c["score"])

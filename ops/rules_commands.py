@@ -85,6 +85,8 @@ def _model_for(args: argparse.Namespace) -> CompiledModel:
 def _state_from_redis(url: str | None, contact_id: str) -> dict[str, Any] | None:
     import redis
 
+    from streams.state import state_from_doc
+
     if not url:
         from ops.settings import load_settings
 
@@ -96,7 +98,7 @@ def _state_from_redis(url: str | None, contact_id: str) -> dict[str, Any] | None
         raw = client.hget(CONTACT_KEY.format(id=contact_id), STATE_FIELD)
     finally:
         client.close()
-    return orjson.loads(raw) if raw else None
+    return state_from_doc(raw, contact_id) if raw else None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

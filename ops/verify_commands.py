@@ -14,10 +14,9 @@ import sys
 import time
 from typing import Any
 
-import orjson
 
 from ops.settings import load_settings
-from streams.state import read_record
+from streams.state import read_record, state_from_doc
 
 
 async def live_from_redis(redis_url: str) -> dict[str, dict[str, Any]]:
@@ -29,7 +28,8 @@ async def live_from_redis(redis_url: str) -> dict[str, dict[str, Any]]:
         async for key in redis.scan_iter(match="leadpulse:contact:*", count=1000):
             doc = await redis.hget(key, "doc")
             if doc:
-                states[key.decode()[len("leadpulse:contact:"):]] = orjson.loads(doc)
+                contact_id = key.decode()[len("leadpulse:contact:"):]
+                states[contact_id] = state_from_doc(doc, contact_id)
     finally:
         await redis.aclose()
     return states

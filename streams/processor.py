@@ -302,10 +302,10 @@ class BatchProcessor:
         else:
             timers[record.key] = due
         writes = out.writes.setdefault(partition, {})
-        writes[record.key] = record.encode()
+        writes[record.key], state_doc = record.encode_with_state()
         if touched:
             out.views[record.key] = summary(record.state, self.model, now_ms)
-            out.docs[record.key] = orjson.dumps(record.state)
+            out.docs[record.key] = state_doc
         if changed:
             writes[TIMERS_KEY.format(partition)] = orjson.dumps(timers)
 

@@ -83,6 +83,17 @@ def _full_state(key: str, stored: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def state_from_doc(raw: bytes, contact_id: str) -> dict[str, Any]:
+    """The full engine state from the read side's ``doc`` field.
+
+    The worker publishes MessagePack of the stored state (defaults and the contact id left
+    out, as in the table record); earlier versions published the whole state as JSON.
+    """
+    if raw[:1] == b"{":
+        return orjson.loads(raw)
+    return _full_state(contact_id, ormsgpack.unpackb(raw))
+
+
 def read_record(raw: bytes, key: str) -> dict[str, Any]:
     """The record stored under ``key`` as a plain document (``"s"`` is the full engine state), whatever its format."""
     doc = orjson.loads(raw) if raw[:1] == b"{" else ormsgpack.unpackb(raw)
@@ -118,20 +129,30 @@ class ContactRecord:
         return cls(key, doc["s"], doc)
 
     def encode(self) -> bytes:
-        doc: dict[str, Any] = {"s": _stored_state(self.state), "pos": self.pos,
-                               "seen": {d: bytes(packed) for d, packed in self.seen.items()}}
+        return self.encode_with_state()[0]
+
+    def encode_with_state(self) -> tuple[bytes, bytes]:
+        """The record's bytes, and the state document inside them (the read side's ``doc``).
+
+        The record is the MessagePack map ``{"s": state, "pos": ..., "seen": ..., ...}``;
+        it is assembled around the packed state so that the state is encoded once for
+        both the table and Redis (see :func:`state_from_doc`).
+        """
+        state = ormsgpack.packb(_stored_state(self.state))
+        rest: dict[str, Any] = {"pos": self.pos, "seen": {d: bytes(packed) for d, packed in self.seen.items()}}
         # Optional parts are left out when empty: most contacts never need them.
         if self.held:
-            doc["held"] = self.held
+            rest["held"] = self.held
         if self.suppressed_since is not None:
-            doc["sup"] = self.suppressed_since
+            rest["sup"] = self.suppressed_since
         if self.redirect:
-            doc["redirect"] = self.redirect
+            rest["redirect"] = self.redirect
         if self.linked:
-            doc["linked"] = self.linked
+            rest["linked"] = self.linked
         if self.bot:
-            doc["bot"] = self.bot
-        return ormsgpack.packb(doc)
+            rest["bot"] = self.bot
+        # At most 8 entries with "s": a one-byte fixmap header (0x80 | n), then "s" (0xa1 0x73).
+        return bytes((0x80 | (len(rest) + 1),)) + b"\xa1s" + state + ormsgpack.packb(rest)[1:], state
 
     def already_applied(self, offset: int, index: int) -> bool:
         """True when ``[offset, index]`` is at or before the stored position.

@@ -3,8 +3,10 @@
 Keys (all under ``leadpulse:``):
 
 - ``contact:{id}``  hash: score, fit, behaviour, band, state, suppressed, rules_version,
-  updated_at, and ``doc`` (the engine state as JSON, so readers can compute the score
-  as of now with exact decay, and ``leadpulse rules explain`` can break it down).
+  updated_at, and ``doc`` (the engine state, so readers can compute the score as of now
+  with exact decay, and ``leadpulse rules explain`` can break it down): MessagePack of
+  the state as the table record stores it, defaults left out; read it with
+  ``streams.state.state_from_doc`` (which also reads the JSON of earlier versions).
 - ``suppressed``    set of suppressed contact ids: an email tool checks membership.
 - ``band:{band}``   sorted set of contact ids by score, for "hot leads" listings.
 - ``triggers``      stream of triggers (XADD MAXLEN ~), field ``trigger`` = JSON.
@@ -47,7 +49,7 @@ def contact_key(contact_id: str) -> str:
 
 
 # ARGV[1] = JSON array of [contact_id, score, fit, behaviour, band, state, suppressed, rules_version,
-# updated_at] (all strings), ARGV[1 + i] = the engine state JSON of row i.
+# updated_at] (all strings), ARGV[1 + i] = the state document of row i.
 # One call per batch, atomic: the hash, the suppression set and the band indexes never
 # disagree, and what to move is read from the hash itself, not from process memory.
 _WRITE_CONTACTS = """

@@ -28,6 +28,7 @@ from redis import Redis
 from ops.embedded import free_port, redis_service
 from ops.supervisor import child_env, http_json, spawn, stop_process, wait_ready
 from streams.partitioning import partition_for
+from streams.state import state_from_doc
 from streams.topics import ensure_topics
 from topic_reader import read_until
 
@@ -178,7 +179,7 @@ def applied_counts(redis: Redis, contact: str) -> Counter | None:
     doc = redis.hget(f"leadpulse:contact:{contact}", "doc")
     if not doc:
         return None
-    return Counter({rule: entry[3] for rule, entry in orjson.loads(doc)["b"].items() if entry[3]})
+    return Counter({rule: entry[3] for rule, entry in state_from_doc(doc, contact)["b"].items() if entry[3]})
 
 
 def triggers_for(redis: Redis, prefix: str) -> list[dict]:
