@@ -14,7 +14,6 @@ import sys
 import time
 from typing import Any
 
-
 from ops.settings import load_settings
 from streams.state import read_record, state_from_doc
 

@@ -83,20 +83,23 @@ def _full_state(key: str, stored: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _unpack(raw: bytes) -> Any:
+    """MessagePack, or the JSON of earlier versions (a JSON object starts with ``{``)."""
+    return orjson.loads(raw) if raw[:1] == b"{" else ormsgpack.unpackb(raw)
+
+
 def state_from_doc(raw: bytes, contact_id: str) -> dict[str, Any]:
     """The full engine state from the read side's ``doc`` field.
 
     The worker publishes MessagePack of the stored state (defaults and the contact id left
     out, as in the table record); earlier versions published the whole state as JSON.
     """
-    if raw[:1] == b"{":
-        return orjson.loads(raw)
-    return _full_state(contact_id, ormsgpack.unpackb(raw))
+    return _full_state(contact_id, _unpack(raw))
 
 
 def read_record(raw: bytes, key: str) -> dict[str, Any]:
     """The record stored under ``key`` as a plain document (``"s"`` is the full engine state), whatever its format."""
-    doc = orjson.loads(raw) if raw[:1] == b"{" else ormsgpack.unpackb(raw)
+    doc = _unpack(raw)
     doc["s"] = _full_state(key, doc["s"])
     return doc
 
