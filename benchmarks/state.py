@@ -118,7 +118,8 @@ async def measure(redis_url: str, sizes: list[int], distinct: int, progress: Pro
                 batch_events.extend(evs)
             recs = [(0, offset + j, orjson.dumps(batch_events[j:j + 100])) for j in range(0, len(batch_events), 100)]
             offset += len(recs)
-            out = processor.process(recs, now)
+            processor.process(recs, now)
+            out = processor.checkpoint(now)  # what the worker writes at its next checkpoint
             for writes in out.writes.values():
                 store.update(writes)
                 records.update((k, v) for k, v in writes.items() if not k.startswith("\x00"))  # not the timer index

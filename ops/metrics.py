@@ -55,6 +55,15 @@ class Metrics:
             "leadpulse_consumer_lag", "Records behind the end of the events topic", ["partition"], registry=r
         )
         self.contacts = Gauge("leadpulse_contacts", "Contacts held by this worker", registry=r)
+        self.checkpoint_duration = Histogram(
+            "leadpulse_checkpoint_duration_seconds",
+            "Time to write the dirty contacts of one checkpoint (read side and changelog)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.state_writes = Counter(
+            "leadpulse_state_writes_total", "Contact records written to the table at checkpoints", registry=r
+        )
         self.sink_deliveries = Counter(
             "leadpulse_sink_deliveries_total", "Trigger deliveries by sink and outcome", ["sink", "outcome"], registry=r
         )

@@ -6,14 +6,18 @@ the I/O in an order that makes crashes harmless:
 
 1. triggers to ``leadpulse-triggers`` and bad events to ``leadpulse-dlq``, awaiting
    broker acks;
-2. the read side (``publish`` hook: Redis contact hashes and the trigger stream,
-   idempotent by trigger id);
-3. contact records to the table's changelog, once per contact per batch;
-4. the batch is acked; faust flushes the producer before committing offsets.
+2. the read side (``publish`` hook: the trigger stream, idempotent by trigger id, and
+   the views of the contacts those triggers name);
+3. the batch is acked. Touched contacts stay dirty in the processor's write-back cache.
 
-A crash before step 3 replays the batch, which recomputes the same triggers with
-the same deterministic ids (the sinks drop the repeats); a crash after it finds the
-positions already applied and applies nothing twice.
+A checkpoint writes every dirty contact once: its view and state to the read side, then
+its record to the table's changelog, awaiting the acks. It runs when the last one is
+``checkpoint_interval_ms`` old (at the end of a batch or a timer tick), before faust
+commits any offset (a hook on the consumer's commit), before a revoke and on shutdown.
+So a committed offset never runs ahead of the changelog. A crash before a checkpoint
+replays the uncommitted records onto the previous one, which recomputes the same
+triggers with the same deterministic ids (the sinks drop the repeats); records already
+in the changelog find their positions applied and apply nothing twice.
 
 The I/O around Redis and the sinks is injected (``publish``), so streams/ stays free
 of connectors and the agent can run under faust's test context.
@@ -97,6 +101,27 @@ async def _seek_uncommitted_to_earliest(consumer: Any, partitions: set[Any]) -> 
         await consumer.seek(tp, earliest.get(tp) or 0)
 
 
+def use_checkpoint_before_commit() -> None:
+    """Run ``app.before_commit`` (if an app sets it) before faust's consumer commits offsets.
+
+    The hook sits in ``Consumer._handle_attached``, which faust awaits between choosing the
+    offsets to commit and committing them, on its commit timer, in ``wait_empty`` on a
+    revoke and at shutdown: whatever state the hook writes covers every offset chosen.
+    """
+    from faust.transport.consumer import Consumer
+
+    original = getattr(Consumer._handle_attached, "__wrapped__", Consumer._handle_attached)
+
+    async def handle_attached(self: Any, commit_offsets: Any) -> None:
+        hook = getattr(self.app, "before_commit", None)
+        if hook is not None:
+            await hook()
+        await original(self, commit_offsets)
+
+    handle_attached.__wrapped__ = original  # type: ignore[attr-defined]
+    Consumer._handle_attached = handle_attached
+
+
 def use_seek_before_resume() -> None:
     """Resume the stream partitions only after the seek to committed offsets and the queue clear.
 
@@ -174,6 +199,7 @@ class StreamConfig:
     instance_id: str
     limits: StreamLimits
     bots: BotRules
+    checkpoint_interval_ms: int = 1_000
 
     @classmethod
     def from_settings(cls, settings: Any, broker_url: str) -> "StreamConfig":
@@ -201,6 +227,7 @@ class StreamConfig:
                 scanner_window_ms=settings.scanner_click_window,
                 scanner_burst=settings.scanner_burst,
             ),
+            checkpoint_interval_ms=settings.checkpoint_interval,
         )
 
 
@@ -220,6 +247,7 @@ class ScoreApp:
         self.publish = publish
         use_fetch_max_wait(config.fetch_max_wait_ms)
         use_seek_before_resume()
+        use_checkpoint_before_commit()
         brokers = [f"kafka://{host.strip()}" for host in config.broker_url.split(",") if host.strip()]
         self.app = faust.App(
             config.app_id,
@@ -252,8 +280,10 @@ class ScoreApp:
         self._changelog_topic = self.contacts.changelog_topic.get_topic_name()
         self.processor = BatchProcessor(model, self._load, config.limits, config.bots)
         self.batches = 0
-        # The agent and the timer tick both read and write contact records: one at a time.
+        # The agent, the timer tick and checkpoints all read and write contact records: one at a time.
         self._lock = asyncio.Lock()
+        self._last_checkpoint = time.monotonic()
+        self.app.before_commit = self.checkpoint  # type: ignore[attr-defined] - read by use_checkpoint_before_commit
         self._rebuilt: set[int] = set()
         self.app.agent(self.events_topic, name="score", concurrency=1)(self._score)
         self.app.timer(interval=1.0, name="release_held_triggers")(self._tick)
@@ -295,10 +325,36 @@ class ScoreApp:
         return agent
 
     async def _on_revoked(self, app: Any, revoked: Any = None, **kwargs: Any) -> None:
-        # faust commits (after flushing the changelog) before a revoke, so a partition that
-        # comes back is rebuilt from a changelog that holds our latest writes.
-        self.processor.forget_partitions()
-        self._rebuilt.clear()
+        # faust commits (the hook checkpoints first) before a revoke; checkpoint again in case
+        # a tick dirtied something since, so a partition that comes back, here or elsewhere,
+        # is rebuilt from a changelog that holds our latest writes.
+        async with self._lock:
+            await self._checkpoint()
+            self.processor.forget_partitions()
+            self._rebuilt.clear()
+
+    async def checkpoint(self) -> None:
+        """Write every dirty contact (read side, then changelog), waiting for the acks."""
+        async with self._lock:
+            await self._checkpoint()
+
+    async def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval_ms / 1000:
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Caller holds the lock."""
+        self._last_checkpoint = time.monotonic()
+        if not self.processor.dirty and not self.processor.dirty_timers:
+            return
+        started = time.perf_counter()
+        out = self.processor.checkpoint(int(time.time() * 1000))
+        await self._publish_with_retry(out)
+        await self._write_table(out.writes)
+        if self.metrics is not None:
+            self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
+            self.metrics.state_writes.inc(sum(len(records) for records in out.writes.values()))
+            self.metrics.contacts.set(len(self.contacts.data))
 
     def assigned_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.config.events_topic}
@@ -311,8 +367,9 @@ class ScoreApp:
             if partitions - self._rebuilt:
                 await self._rebuild_table(partitions - self._rebuilt)
             out = self.processor.tick(partitions, int(time.time() * 1000))
-            if out.triggers or out.writes:
+            if out.triggers or out.views:
                 await self._commit_outcome(out, time.perf_counter())
+            await self._maybe_checkpoint()
 
     async def _rebuild_table(self, partitions: set[int]) -> None:
         """Rebuild the table for ``partitions`` from their changelog, to its real end.
@@ -376,10 +433,12 @@ class ScoreApp:
         async with self._lock:
             fresh = {partition for partition, _offset, _value in records} - self._rebuilt
             if fresh:
+                await self._checkpoint()  # the rebuild drops every record held in memory
                 await self._rebuild_table(fresh)
             started = time.perf_counter()
             out = self.processor.process(records, int(time.time() * 1000))
             await self._commit_outcome(out, started)
+            await self._maybe_checkpoint()
             self.batches += 1
             return out
 
@@ -393,9 +452,8 @@ class ScoreApp:
             acks.append(await self.events_topic.send(key=key.encode("utf-8"), value=value))
         for ack in acks:
             await ack
-        await self._publish_with_retry(out)
-        if out.writes:
-            await self._write_table(out.writes)
+        if out.triggers or out.views:
+            await self._publish_with_retry(out)
         if self.metrics is not None:
             self._observe(out, time.perf_counter() - started)
 
@@ -470,4 +528,3 @@ class ScoreApp:
             m.triggers.labels(type=trigger["type"]).inc()
         for latency_ms in out.trigger_latencies_ms:
             m.event_to_trigger.observe(latency_ms / 1000)
-        m.contacts.set(len(self.contacts.data))

@@ -8,7 +8,19 @@ dead-letter.
 Per batch it decodes every record (one event or an envelope), checks each event,
 groups events by contact, sorts each contact's events by event time, skips what was
 already applied (record position and event-id dedupe), sets machine traffic aside,
-runs the pure rules engine, and encodes each touched contact once.
+runs the pure rules engine, and marks each touched contact dirty.
+
+Checkpoints
+-----------
+Touched records stay in memory, marked dirty, until :meth:`BatchProcessor.checkpoint`
+encodes each dirty contact once for the table/changelog and the read side (DESIGN.md
+section 2: a write-back cache flushed once per commit interval). A busy contact touched
+by many batches in one interval is written once. The stream layer checkpoints before
+faust commits any offset, so a committed offset never runs ahead of the durable state;
+a crash in between replays the uncommitted records onto the last checkpoint, and the
+stored positions and deterministic trigger ids make that replay harmless. A contact that
+fires a trigger has its read-side view published with the batch, so whoever sees the
+trigger can read the contact it names.
 
 Event time and order
 --------------------
@@ -75,6 +87,13 @@ class StreamLimits:
 
 @dataclass
 class BatchOutcome:
+    """What a batch (or a tick, or a checkpoint) asks the stream layer to write and send.
+
+    ``writes`` (table records per partition) come only from :meth:`BatchProcessor.checkpoint`;
+    ``views``/``docs`` (read side) from a checkpoint and, for contacts a trigger names, from
+    the batch that fired it.
+    """
+
     writes: dict[int, dict[str, bytes]] = field(default_factory=dict)
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     docs: dict[str, bytes] = field(default_factory=dict)
@@ -107,6 +126,11 @@ class BatchProcessor:
         # contact is decoded once, not once per batch. The table stays the durable copy.
         self.cache: dict[str, ContactRecord] = {}
         self.cache_size = cache_size
+        # Written at the next checkpoint: partition -> key -> record (never evicted before it),
+        # contacts whose read-side view changed, partitions whose timer list changed.
+        self.dirty: dict[int, dict[str, ContactRecord]] = {}
+        self.stale_views: set[str] = set()
+        self.dirty_timers: set[int] = set()
 
     # ---- watermark and timers ---------------------------------------------------------
     def watermark(self, partition: int, now_ms: int) -> int:
@@ -124,8 +148,14 @@ class BatchProcessor:
         return timers
 
     def forget_partitions(self, partitions: set[int] | None = None) -> None:
-        """Drop in-memory per-partition state (on rebalance); reloaded from the table lazily."""
+        """Drop in-memory per-partition state (on rebalance); reloaded from the table lazily.
+
+        Call :meth:`checkpoint` first and write its outcome: dirty records are dropped too.
+        """
         self.cache.clear()
+        self.dirty.clear()
+        self.stale_views.clear()
+        self.dirty_timers.clear()
         for part in list(self.timers) if partitions is None else partitions:
             self.timers.pop(part, None)
             self.max_ts.pop(part, None)
@@ -142,13 +172,49 @@ class BatchProcessor:
         for (partition, key), items in grouped.items():
             loaded[key] = self._apply_contact(partition, key, items, now_ms, out)
         self._release(now_ms, set(self.last_event_at) if records else set(), out, loaded)
+        self._publish_alerted(out, now_ms)
         return out
 
     def tick(self, partitions: set[int], now_ms: int) -> BatchOutcome:
         """Release held triggers that became due while no record arrived."""
         out = BatchOutcome()
         self._release(now_ms, partitions, out, {})
+        self._publish_alerted(out, now_ms)
         return out
+
+    @property
+    def dirty_count(self) -> int:
+        return sum(len(records) for records in self.dirty.values())
+
+    def checkpoint(self, now_ms: int) -> BatchOutcome:
+        """Encode every dirty contact once: ``writes`` for the table, ``views``/``docs`` for the read side.
+
+        The caller writes the outcome before any offset of the records applied so far is
+        committed; afterwards nothing is dirty.
+        """
+        out = BatchOutcome()
+        stale = self.stale_views
+        model = self.model
+        for partition, records in self.dirty.items():
+            writes = out.writes[partition] = {}
+            for key, record in records.items():
+                writes[key], state_doc = record.encode_with_state()
+                if key in stale:
+                    out.views[key] = summary(record.state, model, now_ms)
+                    out.docs[key] = state_doc
+        for partition in self.dirty_timers:
+            out.writes.setdefault(partition, {})[TIMERS_KEY.format(partition)] = orjson.dumps(self._timers(partition))
+        self.dirty = {}
+        self.stale_views = set()
+        self.dirty_timers = set()
+        return out
+
+    def _publish_alerted(self, out: BatchOutcome, now_ms: int) -> None:
+        """Views of the contacts named by this batch's triggers go out with it, ahead of the checkpoint."""
+        for key in {trigger["contact_id"] for trigger in out.triggers}:
+            record = self._record(key)
+            out.views[key] = summary(record.state, self.model, now_ms)
+            out.docs[key] = record.state_doc()
 
     def _collect(self, partition: int, offset: int, value: bytes, grouped: dict, out: BatchOutcome) -> None:
         try:
@@ -188,12 +254,22 @@ class BatchProcessor:
         cache = self.cache
         record = cache.pop(key, None)
         if record is None:
+            record = self._dirty_record(key)
+        if record is None:
             raw = self.load(key)
             record = ContactRecord.decode(key, raw) if raw is not None else ContactRecord(key, new_state(key))
             if len(cache) >= self.cache_size:
                 del cache[next(iter(cache))]  # least recently used
         cache[key] = record
         return record
+
+    def _dirty_record(self, key: str) -> ContactRecord | None:
+        """A dirty record the cache evicted: newer than the table's copy until the checkpoint."""
+        for records in self.dirty.values():
+            record = records.get(key)
+            if record is not None:
+                return record
+        return None
 
     def _apply_contact(self, partition: int, key: str, items: list, now_ms: int, out: BatchOutcome) -> ContactRecord:
         record = self._record(key)
@@ -240,7 +316,7 @@ class BatchProcessor:
                 self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
         record.pos = newest
         record.forget_before(window)
-        self._write(partition, record, out, touched, now_ms)
+        self._mark_dirty(partition, record, touched)
         return record
 
     def _decide(
@@ -287,27 +363,27 @@ class BatchProcessor:
                     else:
                         self._emit(trigger, now_ms, out)
                 record.held = keep
-                self._write(partition, record, out, bool(fired), now_ms)
+                self._mark_dirty(partition, record, bool(fired))
 
-    def _write(self, partition: int, record: ContactRecord, out: BatchOutcome, touched: bool, now_ms: int) -> None:
+    def _mark_dirty(self, partition: int, record: ContactRecord, touched: bool) -> None:
         timers = self._timers(partition)
         dues = [t["event_ts"] for t in record.held]
         engine_due = next_due(record.state, self.model)
         if engine_due is not None:
             dues.append(engine_due)
         due = min(dues, default=None)
-        changed = timers.get(record.key) != due
-        if due is None:
-            timers.pop(record.key, None)
-        else:
-            timers[record.key] = due
-        writes = out.writes.setdefault(partition, {})
-        writes[record.key], state_doc = record.encode_with_state()
+        if timers.get(record.key) != due:
+            self.dirty_timers.add(partition)
+            if due is None:
+                del timers[record.key]
+            else:
+                timers[record.key] = due
+        dirty = self.dirty.get(partition)
+        if dirty is None:
+            dirty = self.dirty[partition] = {}
+        dirty[record.key] = record
         if touched:
-            out.views[record.key] = summary(record.state, self.model, now_ms)
-            out.docs[record.key] = state_doc
-        if changed:
-            writes[TIMERS_KEY.format(partition)] = orjson.dumps(timers)
+            self.stale_views.add(record.key)
 
     # ---- identity stitching ---------------------------------------------------------------
     def _request_link(self, record: ContactRecord, anonymous_id: str, ts: int, out: BatchOutcome) -> None:

@@ -134,6 +134,10 @@ class ContactRecord:
     def encode(self) -> bytes:
         return self.encode_with_state()[0]
 
+    def state_doc(self) -> bytes:
+        """The read side's ``doc``: MessagePack of the stored state (see :func:`state_from_doc`)."""
+        return ormsgpack.packb(_stored_state(self.state))
+
     def encode_with_state(self) -> tuple[bytes, bytes]:
         """The record's bytes, and the state document inside them (the read side's ``doc``).
 
@@ -141,7 +145,7 @@ class ContactRecord:
         it is assembled around the packed state so that the state is encoded once for
         both the table and Redis (see :func:`state_from_doc`).
         """
-        state = ormsgpack.packb(_stored_state(self.state))
+        state = self.state_doc()
         rest: dict[str, Any] = {"pos": self.pos, "seen": {d: bytes(packed) for d, packed in self.seen.items()}}
         # Optional parts are left out when empty: most contacts never need them.
         if self.held:

@@ -35,6 +35,7 @@ class Harness:
         self.triggers: list[dict] = []
         self.dead: list[dict] = []
         self.outcomes: list[BatchOutcome] = []
+        self.checkpoints = True  # after every batch and tick; False: only when the test says
 
     def produce(self, events: list[dict], envelope: bool = True) -> None:
         by_partition: dict[int, list[dict]] = {}
@@ -58,9 +59,17 @@ class Harness:
             if not records:
                 return
             self.apply(self.processor.process(records, now_ms))
+            if self.checkpoints:
+                self.checkpoint(now_ms)
 
     def tick(self, now_ms: int) -> None:
         self.apply(self.processor.tick(set(range(self.partitions)), now_ms))
+        if self.checkpoints:
+            self.checkpoint(now_ms)
+
+    def checkpoint(self, now_ms: int) -> None:
+        """What the worker does before faust commits: write every dirty contact to the table."""
+        self.apply(self.processor.checkpoint(now_ms))
 
     def apply(self, out: BatchOutcome) -> None:
         self.outcomes.append(out)
@@ -72,9 +81,9 @@ class Harness:
             self.table.update(writes)
 
     def replay_from(self, offsets: list[int]) -> None:
-        """A restart: offsets committed only up to ``offsets``, memory gone, the table kept."""
+        """A restart: offsets committed only up to ``offsets``, memory gone (dirty records too), the table kept."""
         self.read = list(offsets)
-        self.processor.cache.clear()
+        self.processor.forget_partitions()
 
     def state(self, key: str) -> dict:
         return read_record(self.table[key], key)["s"]
