@@ -60,7 +60,7 @@ import orjson
 
 from rules.engine import apply_event, due_triggers, merge_state, new_state, next_due, summary
 from streams.bots import BotRules
-from streams.events import ANONYMOUS_PREFIX, contact_key, decode_record, event_problem
+from streams.events import ANONYMOUS_PREFIX, IDENTITY_TYPES, contact_key, decode_record, event_problem
 from streams.state import ContactRecord
 
 Loader = Callable[[str], "bytes | None"]
@@ -107,7 +107,6 @@ class BatchOutcome:
     vetoed: int = 0
     duplicates: Counter = field(default_factory=Counter)
     bots: Counter = field(default_factory=Counter)
-    received: Counter = field(default_factory=Counter)
 
 
 class BatchProcessor:
@@ -278,12 +277,19 @@ class BatchProcessor:
         window = self.limits.dedupe_window_ms
         watermark = self.watermark(partition, now_ms)
         touched = False
-        newest = record.pos
+        # Hot loop (every event of the batch): locals and inlined position checks.
+        stored_offset, stored_index = record.pos  # applied before this batch: skipped on replay
+        newest_offset, newest_index = stored_offset, stored_index
+        duplicates = out.duplicates
+        remember = record.remember
+        classify = self.bots.classify
+        model = self.model
         for _ts, offset, index, _seq, event in items:
-            if record.already_applied(offset, index):
-                out.duplicates[event.get("source") or "internal"] += 1
+            if offset < stored_offset or (offset == stored_offset and index <= stored_index):
+                duplicates[event.get("source") or "internal"] += 1
                 continue
-            newest = record.advance(offset, index, newest)
+            if offset > newest_offset or (offset == newest_offset and index > newest_index):
+                newest_offset, newest_index = offset, index
             kind = event["type"]
             if kind == LINK_OUT:
                 # The visitor's history moved: publish its (now empty) view so readers see that too.
@@ -293,16 +299,16 @@ class BatchProcessor:
             if kind == LINK_IN:
                 touched |= self._link_in(record, event, now_ms, out)
                 continue
-            source = event.get("source") or "unknown"
             if record.redirect:
                 # This anonymous visitor became a known contact: the event belongs there now.
                 moved = {**event, "contact_id": record.redirect}
                 out.forward.append((record.redirect, orjson.dumps(moved)))
                 continue
-            if not record.remember(event["id"], event.get("received_at") or event["ts"], window):
-                out.duplicates[source] += 1
+            received_at = event.get("received_at")
+            if not remember(event["id"], received_at or event["ts"], window):
+                duplicates[event.get("source") or "unknown"] += 1
                 continue
-            bot = self.bots.classify(event, record.bot)
+            bot = classify(event, record.bot)
             if bot is not None:
                 out.bots[bot] += 1
                 continue
@@ -310,11 +316,12 @@ class BatchProcessor:
                 out.late += 1
             touched = True
             out.applied += 1
-            out.received[(source, kind)] += 1
-            self._decide(record, apply_event(record.state, event, self.model), event.get("received_at"), now_ms, out)
-            if kind in ("identify", "alias") and event.get("contact_id") and event.get("anonymous_id"):
+            triggers = apply_event(record.state, event, model)
+            if triggers:
+                self._decide(record, triggers, received_at, now_ms, out)
+            if kind in IDENTITY_TYPES and event.get("contact_id") and event.get("anonymous_id"):
                 self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
-        record.pos = newest
+        record.pos = [newest_offset, newest_index]
         record.forget_before(window)
         self._mark_dirty(partition, record, touched)
         return record

@@ -161,22 +161,6 @@ class ContactRecord:
         # At most 8 entries with "s": a one-byte fixmap header (0x80 | n), then "s" (0xa1 0x73).
         return bytes((0x80 | (len(rest) + 1),)) + b"\xa1s" + state + ormsgpack.packb(rest)[1:], state
 
-    def already_applied(self, offset: int, index: int) -> bool:
-        """True when ``[offset, index]`` is at or before the stored position.
-
-        Events of one batch are applied in event-time order, not position order, so the
-        caller checks every event against the position stored before the batch and
-        calls :meth:`advance` with each position; the stored position only moves forward.
-        """
-        last_offset, last_index = self.pos
-        return offset < last_offset or (offset == last_offset and index <= last_index)
-
-    def advance(self, offset: int, index: int, newest: list[int]) -> list[int]:
-        """Return the later of ``newest`` and ``[offset, index]`` (the batch's high mark)."""
-        if offset > newest[0] or (offset == newest[0] and index > newest[1]):
-            return [offset, index]
-        return newest
-
     def remember(self, event_id: str, received_at: int, window_ms: int) -> bool:
         """Record ``event_id``; return False when it was already seen in the window."""
         mark = fingerprint(event_id)

@@ -79,6 +79,18 @@ def test_lost_changelog_recomputes_the_same_trigger_ids():
     assert [t["trigger_id"] for t in again.triggers] == ids
 
 
+def test_the_stored_position_is_the_batch_high_mark_whatever_the_event_time_order():
+    h = Harness(partitions=1)
+    late, early = event("e-late", "page_view", T0 + 5 * SECOND), event("e-early", "page_view", T0)
+    h.produce([late], envelope=False)
+    h.produce([early], envelope=False)  # offset 1 holds the earlier event: applied first
+    h.run(T0 + 10 * SECOND)
+    assert read_record(h.table["c1"], "c1")["pos"] == [1, 0]
+    h.replay_from([0])  # both records again: both at or before the stored position
+    h.run(T0 + 10 * SECOND)
+    assert sum(out.applied for out in h.outcomes) == 2 and h.outcomes[-2].duplicates["segment"] == 2
+
+
 def _records_written(h: Harness, key: str) -> int:
     return sum(key in writes for out in h.outcomes for writes in out.writes.values())
 
