@@ -121,9 +121,11 @@ from math import exp
 from typing import Any
 
 from rules import normalize
+from rules.model import TRACK_PLAN as _TRACK_PLAN
 from rules.model import CompiledModel
 
 _EMPTY: dict[str, Any] = {}
+_NO_PLAN: tuple = ((), None, None)  # a signal no rule, route or suppression listens to
 
 # Lead-state precedence when two states are merged (identity stitching keeps the furthest).
 _LEAD_RANK = {"nurture": 0, "mql": 1, "sql": 2, "customer": 3}
@@ -421,25 +423,38 @@ def _fire(
 def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledModel) -> list[dict[str, Any]]:
     """Fold ``event`` into ``state`` (in place) and return the triggers it causes, as of ``event["ts"]``.
 
-    This is the hot path (every event of every contact), so the uncapped accumulator update,
-    the group sums and the end-of-step bookkeeping (``_settle_lifecycle``) are inlined here. Every
-    float is computed by the same operations in the same order as in those helpers (an ``exp``
-    whose argument is the same is reused, never re-derived), so the state and the triggers are
-    bit-for-bit those of the reference helpers; tests/unit/rules/test_rules_golden.py pins that.
+    This is the hot path (every event of every contact), so the accumulator updates (capped
+    windows included), the group sums, the score and the end-of-step bookkeeping
+    (``_settle_lifecycle``) are inlined here, and a quiet step (no threshold in reach or
+    disarmed, no route, no trait or suppression change) skips the decision block. Every float
+    is computed by the same operations in the same order as in the reference helpers
+    (``_add_windowed``, ``_rebuild_groups``, ``_score``; an ``exp`` whose argument is the same
+    is reused, never re-derived), so the state and the triggers are bit-for-bit theirs;
+    tests/unit/rules/test_rules_golden.py and ``benchmarks.engine_bench --check`` pin that.
     """
     ts = event["ts"]
     etype = event.get("type")
-    signal = etype if etype != "track" else model.signal_of(event)
-    props = event.get("properties") or _EMPTY
-    if "in_nurture" not in state:  # a state stored before timers existed: adopt its current membership
-        state["in_nurture"] = _in_nurture(state)
+    plan = model.plans.get(etype, _NO_PLAN)
+    if plan is _TRACK_PLAN:  # a Segment track event scores as the signal its name maps to
+        plan = model.plans.get(model.signal_of(event), _NO_PLAN)
+    rules, routes, sticky = plan
+    try:
+        in_nurture = state["in_nurture"]
+    except KeyError:  # a state stored before timers existed: adopt its current membership
+        state["in_nurture"] = in_nurture = _in_nurture(state)
         state["sla"] = None
-    # Event time has reached a pending deadline: the timer fires first, as of its due time, so
-    # an answer stamped at or after the deadline is late whether or not a tick ran before it.
     sla = state["sla"]
-    early = _sla_breach(state, model) if sla is not None and sla["due"] <= ts else None
-    if state["mv"] != model.version:
-        _rebuild_groups(state, model)
+    if sla is not None or state["mv"] is not model.version:
+        # Rare: a pending timer, or groups built for another model (or a decoded copy of its version).
+        # Event time has reached a pending deadline: the timer fires first, as of its due time, so
+        # an answer stamped at or after the deadline is late whether or not a tick ran before it.
+        early = _sla_breach(state, model) if sla is not None and sla["due"] <= ts else None
+        if state["mv"] != model.version:
+            _rebuild_groups(state, model)
+        else:
+            state["mv"] = model.version  # an equal string (e.g. decoded): keep the fast identity test
+    else:
+        early = None
     g = state["g"]
 
     # Behaviour raw points as of ts, before this event.
@@ -450,24 +465,26 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 value *= exp((ref - ts) * k)
             decayed += value
     prev_decayed = decayed
-    prev_fit = state["fit"]
-    prev_penalty = state["penalty"]
+    prev_fit = fit_raw = state["fit"]
+    prev_penalty = penalty = state["penalty"]
 
     traits = event.get("traits")
     changed: dict[str, Any] = _EMPTY
-    old_health = state["health"]
     if traits:
+        old_health = state["health"]
         if etype == "group":
             # Segment group traits describe the company: file them under company.*
             traits = {k if k.startswith("company") else f"company.{k}": v for k, v in traits.items()}
         changed = _merge_traits(state, traits, ts)
         if changed:
             _recompute_profile(state, model)
+            fit_raw = state["fit"]
+            penalty = state["penalty"]
 
-    rules = model.by_signal.get(signal)
+    props = event.get("properties") or _EMPTY
     if rules:
         b = state["b"]
-        for rid, points, k, cap, window, where, gkey in rules:
+        for rid, points, k, cap, window, where, gkey, size in rules:
             if where is not None and not where(props):
                 continue
             entry = b.get(rid)
@@ -477,7 +494,6 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                     new_value = float(points)
                     b[rid] = [ts, new_value, 0.0, 1, None, 0]
                 else:
-                    size = points if points > 0 else -points
                     new_value = points if size <= cap else points * cap / size
                     b[rid] = [ts, new_value, 0.0, 1, [[ts // window, size, float(points)]], 0]
                 old_value = 0.0
@@ -485,36 +501,84 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 factor = 1.0
             else:  # an existing accumulator: decay it to the later reference time, add the event
                 fresh = False
-                old_ref = entry[0]
-                old_value = entry[1]
+                old_ref, old_value, closed, count, windows, _ = entry
                 if ts > old_ref:
                     factor = exp((old_ref - ts) * k) if k else 1.0
-                    entry[0] = new_ref = ts
+                    new_ref = ts
                     delta = points
                 else:
                     factor = 1.0
                     new_ref = old_ref
                     delta = points * exp((ts - old_ref) * k) if (k and ts < old_ref) else points
-                entry[3] += 1
                 if not cap:
-                    entry[1] = new_value = old_value * factor + delta
+                    new_value = old_value * factor + delta
+                    entry[0] = new_ref
+                    entry[1] = new_value
+                    entry[3] = count + 1
                 else:
-                    _add_windowed(entry, ts, points, delta, factor, cap, window, model.lateness)
-                    new_value = entry[1]
+                    # _add_windowed, inlined: decay the closed sum and every window to new_ref, fold
+                    # the windows that can no longer receive events, add the event to its window
+                    # and re-apply the caps. Window i is closed once (i + 1) * window + lateness <=
+                    # new_ref, i.e. i < first_open (integer floor division, exact).
+                    if factor != 1.0:
+                        if closed:  # 0.0 * factor is 0.0
+                            closed *= factor
+                        for w in windows:
+                            w[2] *= factor
+                    first_open = (new_ref - model.lateness) // window
+                    while windows and windows[0][0] < first_open:  # sorted: the oldest first
+                        _, wsize, wdecayed = windows.pop(0)
+                        closed += wdecayed if wsize <= cap else wdecayed * cap / wsize
+                    idx = ts // window
+                    if idx < first_open:  # too late for a closed window: documented to count 0
+                        entry[5] += 1
+                        new_value = closed + sum(_capped(w[1], w[2], cap) for w in windows)
+                    else:
+                        if windows and windows[-1][0] == idx:  # the common case: the newest window
+                            w = windows[-1]
+                            w[1] += size
+                            w[2] += delta
+                        elif not windows or windows[-1][0] < idx:
+                            windows.append([idx, size, delta])
+                        else:
+                            for pos, w in enumerate(windows):
+                                if w[0] == idx:
+                                    w[1] += size
+                                    w[2] += delta
+                                    break
+                                if w[0] > idx:
+                                    windows.insert(pos, [idx, size, delta])
+                                    break
+                        new_value = closed
+                        for _, wsize, wdecayed in windows:
+                            new_value += wdecayed if wsize <= cap else wdecayed * cap / wsize
+                    entry[0] = new_ref
+                    entry[1] = new_value
+                    entry[2] = closed
+                    entry[3] = count + 1
+
+            # The rule's decay group: move its sum to the new reference, swap the rule's old value
+            # for its new one, and move ``decayed`` (behaviour points at ts) by the change.
             grp = g.get(gkey)
             if grp is None:
                 g[gkey] = [new_ref, new_value, k]
                 decayed += new_value
                 continue
-            group_ref = grp[0]
-            value = grp[1]
-            if k:
+            group_ref, value, _ = grp
+            if k and new_ref == ts and ts > group_ref:
+                # The common case: the event is the newest of its group and moves it to ts.
+                before = value * exp((group_ref - ts) * k)
+                value = before + new_value
+                if not fresh:
+                    if old_ref < ts:
+                        value -= old_value * factor  # factor = exp((old_ref - ts) * k) from the update above
+                    else:
+                        value -= old_value
+                grp[0] = ts
+            elif k:
                 if ts > group_ref:
                     before = value * exp((group_ref - ts) * k)
-                    if new_ref == ts:
-                        value = before  # the same factor: value * exp((group_ref - new_ref) * k)
-                        grp[0] = group_ref = ts
-                    elif new_ref > group_ref:
+                    if new_ref > group_ref:
                         value *= exp((group_ref - new_ref) * k)
                         grp[0] = group_ref = new_ref
                 else:
@@ -539,33 +603,66 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             # The group's reference is now >= ts, and reads before the reference do not grow.
             decayed += value - before
 
-    # score = clip(min(fit_max, fit_raw * fit_scale) + min(beh_max, beh_raw * beh_scale), 0, 100), inlined.
-    fit = state["fit"] * model.fit_scale
-    if fit > model.fit_max:
-        fit = model.fit_max
-    beh = (decayed + state["penalty"]) * model.beh_scale
-    if beh > model.beh_max:
-        beh = model.beh_max
-    total = fit + beh
-    disarmed = state["disarmed"]
-    routes = model.routing.get(signal)
-    if total < 0.0:
-        score = 0.0
-    elif total > 100.0:
-        score = 100.0
-    elif disarmed or routes or total >= model.quiet_below:
-        score = round(total, 2)
-    else:
-        # Rounding moves a score by at most 0.005: below quiet_below no threshold can fire and
-        # none is disarmed, so the rounded score is only needed if a trigger fires below.
-        score = -1.0
-    previous = -1.0  # computed only when a decision needs it
-
     decisions: list[dict[str, Any]] = [early] if early is not None else []
+    disarmed = state["disarmed"]
+    # score = clip(min(fit_max, fit_raw * fit_scale) + min(beh_max, beh_raw * beh_scale), 0, 100).
+    # Quiet step: nothing disarmed, no route, no flag/trait/lead change, and the score without its
+    # clips (never below the clipped one) is below quiet_below, so no threshold can fire: the
+    # decision block has nothing to do and the score is computed only if the settle needs it.
+    if (
+        disarmed or routes or sticky or changed or etype == "sales_feedback"
+        or fit_raw * model.fit_scale + (decayed + penalty) * model.beh_scale >= model.quiet_below
+    ):
+        fit = fit_raw * model.fit_scale
+        if fit > model.fit_max:
+            fit = model.fit_max
+        beh = (decayed + penalty) * model.beh_scale
+        if beh > model.beh_max:
+            beh = model.beh_max
+        total = fit + beh
+        if total < 0.0:
+            score = 0.0
+        elif total > 100.0:
+            score = 100.0
+        elif disarmed or routes or total >= model.quiet_below:
+            score = round(total, 2)
+        else:
+            # Rounding moves a score by at most 0.005: below quiet_below no threshold can fire and
+            # none is disarmed, so the rounded score is only needed if a trigger fires below.
+            score = -1.0
+        score = _decide(
+            state, model, etype, props, ts, score, total, changed, sticky, routes, disarmed,
+            prev_fit, prev_decayed, prev_penalty, old_health if changed else None, decisions,
+        )
+    else:
+        score = -1.0
+
+    # _settle_lifecycle, inlined for the common case (no timer to cancel, membership unchanged).
+    lead = state["lead_state"]
+    now_in = lead == "nurture" and not state["suppressed"]
+    if in_nurture is not now_in or (state["sla"] is not None and not (lead == "mql" and not state["suppressed"])):
+        if score < 0.0:
+            score = _score(fit_raw, decayed + penalty, model)
+        _settle_lifecycle(state, model, ts, score, decisions)
+
+    if ts > state["updated_at"]:
+        state["updated_at"] = ts
+    return decisions
+
+
+def _decide(
+    state: dict[str, Any], model: CompiledModel, etype: Any, props: dict[str, Any], ts: int, score: float,
+    total: float, changed: dict[str, Any], sticky: tuple | None, routes: tuple | None, disarmed: dict[str, int],
+    prev_fit: float, prev_decayed: float, prev_penalty: float, old_health: list | None,
+    decisions: list[dict[str, Any]],
+) -> float:
+    """The decision part of :func:`apply_event` for a step that is not quiet: suppression, lead
+    state, thresholds, routes and health, in that order. ``score`` is the rounded score, or -1.0
+    while no decision has needed it; returns it (rounded if a decision needed it)."""
+    previous = -1.0  # computed only when a decision needs it
 
     # Suppression first: it must win over every trigger decided in this same step.
     flag_changed = False
-    sticky = model.suppress_events.get(signal)
     if sticky:
         flags = state["flags"]
         for reason, where in sticky:
@@ -673,18 +770,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                          for name, trait, _ in model.health_components],
                     )
                 )
-
-    # _settle_lifecycle, inlined for the common case (no timer to cancel, membership unchanged).
-    lead = state["lead_state"]
-    now_in = lead == "nurture" and not state["suppressed"]
-    if state["in_nurture"] is not now_in or (state["sla"] is not None and not (lead == "mql" and not state["suppressed"])):
-        if score < 0.0:
-            score = round(total, 2)
-        _settle_lifecycle(state, model, ts, score, decisions)
-
-    if ts > state["updated_at"]:
-        state["updated_at"] = ts
-    return decisions
+    return score
 
 
 # --- nurture exit and timers ----------------------------------------------------------------

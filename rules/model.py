@@ -28,6 +28,9 @@ from rules.schema import (
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.yaml"
 
+# CompiledModel.plans["track"]: resolve the event's signal from its name first (CompiledModel.signal_of).
+TRACK_PLAN: Any = object()
+
 Predicate = Callable[[Any], bool]
 
 _TRUE_STRINGS = frozenset({"true", "yes", "1", "y", "on"})
@@ -275,6 +278,20 @@ class CompiledModel:
                 self.suppress_traits.append((s.reason, s.trait, _memo_str(compile_matcher(m, normalize.text))))
             else:
                 self.suppress_events.setdefault(s.event, []).append((s.reason, compile_where(s.where)))
+
+        # The engine's per-event dispatch: signal -> (rules, routes, sticky suppressions), one dict
+        # lookup per event instead of three. Rules here also carry the raw size an event adds to
+        # a cap window (``points if points > 0 else -points``, the engine's exact expression).
+        self.plans: dict[str, tuple] = {}
+        for signal in {*self.by_signal, *self.routing, *self.suppress_events}:
+            rules = tuple(
+                (rid, points, k, cap, window, where, group, points if points > 0 else -points)
+                for rid, points, k, cap, window, where, group in self.by_signal.get(signal, ())
+            )
+            sticky = self.suppress_events.get(signal)
+            self.plans[signal] = (rules, self.routing.get(signal), tuple(sticky) if sticky else None)
+        # A track event scores as the signal its name maps to (signal_of), never as "track".
+        self.plans["track"] = TRACK_PLAN
 
         self.lifecycle_trait = spec.lifecycle.trait
         self.lifecycle_sql = frozenset(normalize.text(v) for v in spec.lifecycle.sql)
