@@ -126,6 +126,7 @@ from rules.model import CompiledModel
 
 _EMPTY: dict[str, Any] = {}
 _NO_PLAN: tuple = ((), None, None)  # a signal no rule, route or suppression listens to
+_ABSENT = object()
 
 # Lead-state precedence when two states are merged (identity stitching keeps the furthest).
 _LEAD_RANK = {"nurture": 0, "mql": 1, "sql": 2, "customer": 3}
@@ -305,32 +306,42 @@ def _merge_traits(state: dict[str, Any], traits: dict[str, Any], ts: int) -> dic
     stored = state["traits"]
     stamps = state["trait_ts"]
     changed: dict[str, Any] = {}
-    for path, value in normalize.flatten(traits).items():
+    for path, value in _flat(traits).items():
         old_ts = stamps.get(path)
         if old_ts is not None and (ts < old_ts or (ts == old_ts and _order_key(value) <= _order_key(stored.get(path)))):
             continue
         stamps[path] = ts
-        if path not in stored or stored[path] != value:
+        old = stored.get(path, _ABSENT)
+        if old is _ABSENT or old != value:
             stored[path] = value
             changed[path] = value
     return changed
 
 
-def _trait_value_iter(traits: dict[str, Any], fields: tuple[str, ...]):
-    for path in fields:
-        value = traits.get(path)
-        if value is not None and value != "":
-            yield path, value
+def _flat(traits: dict[str, Any]) -> dict[str, Any]:
+    """``normalize.flatten(traits)``; a dict that is flat already (str keys, no nested dict) is its own result."""
+    for key, value in traits.items():
+        if type(key) is not str or (isinstance(value, dict) and value):
+            return normalize.flatten(traits)
+    return traits
 
 
 def _recompute_profile(state: dict[str, Any], model: CompiledModel) -> None:
     """Fit, trait penalties and health from the merged traits (only when traits changed)."""
     traits = state["traits"]
+    get = traits.get
     raw = 0.0
     detail: dict[str, list] = {}
     for name, fields, options in model.fit_categories:
-        values = [(path, value) for path in fields if (value := traits.get(path)) is not None and value != ""]
-        if not values:
+        values = None
+        for path in fields:
+            value = get(path)
+            if value is not None and value != "":
+                if values is None:
+                    values = [(path, value)]
+                else:
+                    values.append((path, value))
+        if values is None:
             continue
         # Options are in priority order; the first that matches any of the fields wins.
         for label, points, pred in options:
@@ -349,7 +360,7 @@ def _recompute_profile(state: dict[str, Any], model: CompiledModel) -> None:
     pen_detail: dict[str, float] = {}
     for pid, fields, points, pred in model.penalties:
         for path in fields:
-            value = traits.get(path)
+            value = get(path)
             if value is not None and value != "" and pred(value):
                 penalty += points
                 pen_detail[pid] = points
@@ -361,7 +372,8 @@ def _recompute_profile(state: dict[str, Any], model: CompiledModel) -> None:
         total = 0.0
         weight = 0.0
         for _, trait, w in model.health_components:
-            x = normalize.number(traits.get(trait))
+            value = get(trait)
+            x = normalize.number(value) if value is not None else None
             if x is not None:
                 total += w * min(100.0, max(0.0, x))
                 weight += w
@@ -892,28 +904,42 @@ def _sales_feedback(state: dict[str, Any], props: dict[str, Any], ts: int) -> No
 # --- reading ------------------------------------------------------------------------------
 
 
-def contributions(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[dict[str, Any]]:
-    """Every non-zero contribution on the 0-100 scale (before the fit/behaviour clips), largest first."""
-    out: list[dict[str, Any]] = []
+def _ranked(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[tuple]:
+    """Every non-zero contribution as ``(-points, -at, signal, position, points, at)``, sorted.
+
+    That is the order of the documented sort key ``(-points, -at, signal)``; ``position`` (the
+    order rows are produced in) breaks full ties as a stable sort would, so tuples sort exactly
+    like the row dicts did, without a key function and without building the rows not returned.
+    """
+    rows: list[tuple] = []
+    fit_scale = model.fit_scale
+    trait_ts = state["trait_ts"]
     for category, (label, points, path) in state["fit_detail"].items():
-        out.append(
-            {
-                "signal": f"fit.{category}={label}",
-                "points": round(points * model.fit_scale, 2),
-                "at": state["trait_ts"].get(path, 0),
-            }
-        )
+        p = round(points * fit_scale, 2)
+        at = trait_ts.get(path, 0)
+        rows.append((-p, -at, f"fit.{category}={label}", len(rows), p, at))
     for pid, points in state["penalty_detail"].items():
-        out.append({"signal": pid, "points": round(points * model.beh_scale, 2), "at": _penalty_at(state, model, pid)})
+        p = round(points * model.beh_scale, 2)
+        at = _penalty_at(state, model, pid)
+        rows.append((-p, -at, pid, len(rows), p, at))
+    rule_k = model.rule_k
+    beh_scale = model.beh_scale
     for rid, entry in state["b"].items():
-        k = model.rule_k.get(rid)
+        k = rule_k.get(rid)
         if k is None:
             continue
-        value = _term(entry, k, now_ms) * model.beh_scale
+        value = _term(entry, k, now_ms) * beh_scale
         if abs(value) >= 0.005:
-            out.append({"signal": rid, "points": round(value, 2), "at": entry[0]})
-    out.sort(key=lambda r: (-r["points"], -r["at"], r["signal"]))
-    return out
+            p = round(value, 2)
+            at = entry[0]
+            rows.append((-p, -at, rid, len(rows), p, at))
+    rows.sort()
+    return rows
+
+
+def contributions(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[dict[str, Any]]:
+    """Every non-zero contribution on the 0-100 scale (before the fit/behaviour clips), largest first."""
+    return [{"signal": signal, "points": p, "at": at} for _, _, signal, _, p, at in _ranked(state, model, now_ms)]
 
 
 def _penalty_at(state: dict[str, Any], model: CompiledModel, pid: str) -> int:
@@ -925,7 +951,9 @@ def _penalty_at(state: dict[str, Any], model: CompiledModel, pid: str) -> int:
 
 def top_reasons(state: dict[str, Any], model: CompiledModel, now_ms: int, n: int = 3) -> list[dict[str, Any]]:
     """The ``n`` largest current contributions: ``[{"signal", "points", "at"}]``."""
-    return contributions(state, model, now_ms)[:n]
+    return [
+        {"signal": signal, "points": p, "at": at} for _, _, signal, _, p, at in _ranked(state, model, now_ms)[:n]
+    ]
 
 
 def lead_state(state: dict[str, Any]) -> str:
