@@ -125,7 +125,8 @@ from rules.model import TRACK_PLAN as _TRACK_PLAN
 from rules.model import CompiledModel
 
 _EMPTY: dict[str, Any] = {}
-_NO_PLAN: tuple = ((), None, None)  # a signal no rule, route or suppression listens to
+_NO_PLAN: tuple = ((), None, None, 0.0)  # a signal no rule, route or suppression listens to
+_INF = float("inf")
 _ABSENT = object()
 
 # Lead-state precedence when two states are merged (identity stitching keeps the furthest).
@@ -449,7 +450,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     plan = model.plans.get(etype, _NO_PLAN)
     if plan is _TRACK_PLAN:  # a Segment track event scores as the signal its name maps to
         plan = model.plans.get(model.signal_of(event), _NO_PLAN)
-    rules, routes, sticky = plan
+    rules, routes, sticky, gain = plan
     try:
         in_nurture = state["in_nurture"]
     except KeyError:  # a state stored before timers existed: adopt its current membership
@@ -468,30 +469,57 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     else:
         early = None
     g = state["g"]
-
-    # Behaviour raw points as of ts, before this event.
-    decayed = 0.0
-    for ref, value, k in g.values():
-        if value:
-            if k and ts > ref:
-                value *= exp((ref - ts) * k)
-            decayed += value
-    prev_decayed = decayed
-    prev_fit = fit_raw = state["fit"]
-    prev_penalty = penalty = state["penalty"]
-
+    fit_raw = state["fit"]
+    penalty = state["penalty"]
+    disarmed = state["disarmed"]
     traits = event.get("traits")
+
+    # A quiet step, known before any decay is computed: nothing can decide anything (no timer, trait,
+    # route, sticky suppression, sales answer or disarmed threshold; membership consistent, so the
+    # settle has nothing to do) and an upper bound of the score after the event is below
+    # quiet_below. The bound: a decay group's value decays towards 0, so it is worth at most
+    # max(value, 0) at ts, and an event adds at most its rules' positive points (caps only cut);
+    # the 1e-6 margin covers float rounding (groups below -1e6 are not bounded here). Such a step
+    # (most of them) needs neither the score nor the group sums before the event.
+    quiet = False
+    if (
+        sla is None and not traits and not disarmed and routes is None and sticky is None
+        and etype != "sales_feedback" and in_nurture is (state["lead_state"] == "nurture" and not state["suppressed"])
+    ):
+        bound = gain
+        for grp in g.values():
+            value = grp[1]
+            if value > 0.0:
+                bound += value
+            elif value < -1e6:
+                bound = _INF
+                break
+        quiet = fit_raw * model.fit_scale + (bound + penalty) * model.beh_scale < model.quiet_below - 1e-6
+
     changed: dict[str, Any] = _EMPTY
-    if traits:
-        old_health = state["health"]
-        if etype == "group":
-            # Segment group traits describe the company: file them under company.*
-            traits = {k if k.startswith("company") else f"company.{k}": v for k, v in traits.items()}
-        changed = _merge_traits(state, traits, ts)
-        if changed:
-            _recompute_profile(state, model)
-            fit_raw = state["fit"]
-            penalty = state["penalty"]
+    if quiet:
+        decayed = 0.0  # not needed: the rules loop below still keeps it, nothing reads it
+    else:
+        # Behaviour raw points as of ts, before this event.
+        decayed = 0.0
+        for ref, value, k in g.values():
+            if value:
+                if k and ts > ref:
+                    value *= exp((ref - ts) * k)
+                decayed += value
+        prev_decayed = decayed
+        prev_fit = fit_raw
+        prev_penalty = penalty
+        if traits:
+            old_health = state["health"]
+            if etype == "group":
+                # Segment group traits describe the company: file them under company.*
+                traits = {k if k.startswith("company") else f"company.{k}": v for k, v in traits.items()}
+            changed = _merge_traits(state, traits, ts)
+            if changed:
+                _recompute_profile(state, model)
+                fit_raw = state["fit"]
+                penalty = state["penalty"]
 
     props = event.get("properties") or _EMPTY
     if rules:
@@ -615,8 +643,12 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             # The group's reference is now >= ts, and reads before the reference do not grow.
             decayed += value - before
 
+    if quiet:
+        if ts > state["updated_at"]:
+            state["updated_at"] = ts
+        return []
+
     decisions: list[dict[str, Any]] = [early] if early is not None else []
-    disarmed = state["disarmed"]
     # score = clip(min(fit_max, fit_raw * fit_scale) + min(beh_max, beh_raw * beh_scale), 0, 100).
     # Quiet step: nothing disarmed, no route, no flag/trait/lead change, and the score without its
     # clips (never below the clipped one) is below quiet_below, so no threshold can fire: the

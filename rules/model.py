@@ -279,9 +279,10 @@ class CompiledModel:
             else:
                 self.suppress_events.setdefault(s.event, []).append((s.reason, compile_where(s.where)))
 
-        # The engine's per-event dispatch: signal -> (rules, routes, sticky suppressions), one dict
-        # lookup per event instead of three. Rules here also carry the raw size an event adds to
-        # a cap window (``points if points > 0 else -points``, the engine's exact expression).
+        # The engine's per-event dispatch: signal -> (rules, routes, sticky suppressions, gain), one
+        # dict lookup per event instead of three. Rules here also carry the raw size an event adds
+        # to a cap window (``points if points > 0 else -points``, the engine's exact expression);
+        # gain (the sum of the rules' positive points) bounds what one event can add to the score.
         self.plans: dict[str, tuple] = {}
         for signal in {*self.by_signal, *self.routing, *self.suppress_events}:
             rules = tuple(
@@ -289,7 +290,8 @@ class CompiledModel:
                 for rid, points, k, cap, window, where, group in self.by_signal.get(signal, ())
             )
             sticky = self.suppress_events.get(signal)
-            self.plans[signal] = (rules, self.routing.get(signal), tuple(sticky) if sticky else None)
+            gain = sum(max(rule[1], 0.0) for rule in rules)
+            self.plans[signal] = (rules, self.routing.get(signal), tuple(sticky) if sticky else None, float(gain))
         # A track event scores as the signal its name maps to (signal_of), never as "track".
         self.plans["track"] = TRACK_PLAN
 
