@@ -521,7 +521,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 fit_raw = state["fit"]
                 penalty = state["penalty"]
 
-    props = event.get("properties") or _EMPTY
+    props = event.get("properties") or _EMPTY  # for ``where`` filters
     if rules:
         b = state["b"]
         for rid, points, k, cap, window, where, gkey, size in rules:
@@ -606,8 +606,10 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 continue
             group_ref, value, _ = grp
             if k and new_ref == ts and ts > group_ref:
-                # The common case: the event is the newest of its group and moves it to ts.
-                before = value * exp((group_ref - ts) * k)
+                # The common case: the event is the newest of its group and moves it to ts. When the
+                # rule was the group's newest before (old_ref == group_ref, so it was not fresh and
+                # ts > old_ref) its factor is this very exp.
+                before = value * (factor if old_ref == group_ref else exp((group_ref - ts) * k))
                 value = before + new_value
                 if not fresh:
                     if old_ref < ts:
