@@ -174,6 +174,13 @@ def _memo_str(pred: Predicate, size: int = 4096) -> Predicate:
     return memo
 
 
+def _memo_for(norm: Callable[[Any], Any], pred: Predicate) -> Predicate:
+    """``_memo_str(pred)``, except for email-domain matchers: addresses are (nearly) one per contact,
+    so remembered answers are hardly ever asked again and only fill and clear the memo, while the
+    check itself is a split and a set lookup."""
+    return pred if norm is normalize.email_domain else _memo_str(pred)
+
+
 def _path_from_url(url: Any) -> str | None:
     # Segment page calls carry both; a webhook-only source may send just the url.
     if not isinstance(url, str):
@@ -200,7 +207,7 @@ class CompiledModel:
         self.fit_categories = []
         for cat in fit.categories:
             norm = normalize.NORMALISERS[cat.normalize]
-            options = tuple((o.label, float(o.points), _memo_str(compile_matcher(o, norm))) for o in cat.options)
+            options = tuple((o.label, float(o.points), _memo_for(norm, compile_matcher(o, norm))) for o in cat.options)
             self.fit_categories.append((cat.name, tuple(cat.fields), options))
 
         beh = spec.behaviour
@@ -210,7 +217,9 @@ class CompiledModel:
         self.penalties = []
         for pen in beh.trait_penalties:
             norm = normalize.NORMALISERS[pen.normalize]
-            self.penalties.append((pen.id, tuple(pen.fields), float(pen.points), _memo_str(compile_matcher(pen, norm))))
+            self.penalties.append(
+                (pen.id, tuple(pen.fields), float(pen.points), _memo_for(norm, compile_matcher(pen, norm)))
+            )
 
         # signal -> tuple of (rule_id, points, k, cap_points or 0.0, window_ms or 0, where predicate or None,
         # decay group key). Rules sharing a half-life share one running sum in the state ("g").
