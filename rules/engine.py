@@ -969,7 +969,12 @@ def _ranked(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[tu
         k = rule_k.get(rid)
         if k is None:
             continue
-        value = _term(entry, k, now_ms) * beh_scale
+        value = entry[1]  # _term(entry, k, now_ms), inlined
+        if k:
+            dt = now_ms - entry[0]
+            if dt > 0:
+                value = value * exp(-dt * k)
+        value *= beh_scale
         if abs(value) >= 0.005:
             p = round(value, 2)
             at = entry[0]
