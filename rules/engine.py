@@ -507,13 +507,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     if quiet:
         decayed = 0.0  # not needed: the rules loop below still keeps it, nothing reads it
     else:
-        # Behaviour raw points as of ts, before this event.
-        decayed = 0.0
-        for ref, value, k in g.values():
-            if value:
-                if k and ts > ref:
-                    value *= exp((ref - ts) * k)
-                decayed += value
+        decayed = _groups_decayed(g, ts)  # behaviour raw points as of ts, before this event
         prev_decayed = decayed
         prev_fit = fit_raw
         prev_penalty = penalty
@@ -969,12 +963,7 @@ def _ranked(state: dict[str, Any], model: CompiledModel, now_ms: int) -> list[tu
         k = rule_k.get(rid)
         if k is None:
             continue
-        value = entry[1]  # _term(entry, k, now_ms), inlined
-        if k:
-            dt = now_ms - entry[0]
-            if dt > 0:
-                value = value * exp(-dt * k)
-        value *= beh_scale
+        value = _term(entry, k, now_ms) * beh_scale
         if abs(value) >= 0.005:
             p = round(value, 2)
             at = entry[0]

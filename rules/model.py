@@ -221,8 +221,10 @@ class CompiledModel:
                 (pen.id, tuple(pen.fields), float(pen.points), _memo_for(norm, compile_matcher(pen, norm)))
             )
 
-        # signal -> tuple of (rule_id, points, k, cap_points or 0.0, window_ms or 0, where predicate or None,
-        # decay group key). Rules sharing a half-life share one running sum in the state ("g").
+        # signal -> list of (rule_id, points, k, cap_points or 0.0, window_ms or 0, where predicate or None,
+        # decay group key, the raw size an event adds to a cap window: ``points if points > 0 else
+        # -points``, the engine's exact expression). Rules sharing a half-life share one running sum
+        # in the state ("g").
         by_signal: dict[str, list[tuple]] = {}
         self.rule_k: dict[str, float] = {}
         self.rules: dict[str, BehaviourRule] = {}
@@ -232,13 +234,13 @@ class CompiledModel:
             cap = float(rule.cap.points) if rule.cap else 0.0
             window = int(rule.cap.window) if rule.cap else 0
             group = str(rule.half_life or 0)
+            points = float(rule.points)
             by_signal.setdefault(rule.signal, []).append(
-                (rule.id, float(rule.points), k, cap, window, compile_where(rule.where), group)
+                (rule.id, points, k, cap, window, compile_where(rule.where), group, points if points > 0 else -points)
             )
             self.rule_k[rule.id] = k
             self.rule_group[rule.id] = group
             self.rules[rule.id] = rule
-        self.by_signal: dict[str, tuple] = {s: tuple(v) for s, v in by_signal.items()}
 
         # Exact names first; a case/space-insensitive fallback for sloppy clients.
         self.track_names = dict(spec.track_names)
@@ -274,10 +276,9 @@ class CompiledModel:
             routing.setdefault(r.signal, []).append(
                 (r.type, compile_where(r.where), float(r.min_fit), float(r.min_score), int(r.cooldown), r.suppressible)
             )
-        self.routing = {s: tuple(v) for s, v in routing.items()}
 
         self.suppress_traits = []
-        self.suppress_events: dict[str, list[tuple]] = {}
+        suppress_events: dict[str, list[tuple]] = {}
         self.suppression_reasons: list[str] = []
         for s in spec.suppression:
             if s.reason not in self.suppression_reasons:
@@ -286,21 +287,18 @@ class CompiledModel:
                 m = Matcher(equals=s.equals) if s.equals is not None else Matcher(**{"in": s.in_})
                 self.suppress_traits.append((s.reason, s.trait, _memo_str(compile_matcher(m, normalize.text))))
             else:
-                self.suppress_events.setdefault(s.event, []).append((s.reason, compile_where(s.where)))
+                suppress_events.setdefault(s.event, []).append((s.reason, compile_where(s.where)))
 
         # The engine's per-event dispatch: signal -> (rules, routes, sticky suppressions, gain), one
-        # dict lookup per event instead of three. Rules here also carry the raw size an event adds
-        # to a cap window (``points if points > 0 else -points``, the engine's exact expression);
-        # gain (the sum of the rules' positive points) bounds what one event can add to the score.
+        # dict lookup per event instead of three; gain (the sum of the rules' positive points)
+        # bounds what one event can add to the score.
         self.plans: dict[str, tuple] = {}
-        for signal in {*self.by_signal, *self.routing, *self.suppress_events}:
-            rules = tuple(
-                (rid, points, k, cap, window, where, group, points if points > 0 else -points)
-                for rid, points, k, cap, window, where, group in self.by_signal.get(signal, ())
-            )
-            sticky = self.suppress_events.get(signal)
+        for signal in {*by_signal, *routing, *suppress_events}:
+            rules = tuple(by_signal.get(signal, ()))
+            routes = routing.get(signal)
+            sticky = suppress_events.get(signal)
             gain = sum(max(rule[1], 0.0) for rule in rules)
-            self.plans[signal] = (rules, self.routing.get(signal), tuple(sticky) if sticky else None, float(gain))
+            self.plans[signal] = (rules, tuple(routes) if routes else None, tuple(sticky) if sticky else None, float(gain))
         # A track event scores as the signal its name maps to (signal_of), never as "track".
         self.plans["track"] = TRACK_PLAN
 
