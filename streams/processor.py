@@ -181,10 +181,6 @@ class BatchProcessor:
         self._publish_alerted(out, now_ms)
         return out
 
-    @property
-    def dirty_count(self) -> int:
-        return sum(len(records) for records in self.dirty.values())
-
     def checkpoint(self, now_ms: int) -> BatchOutcome:
         """Encode every dirty contact once: ``writes`` for the table, ``views``/``docs`` for the read side.
 

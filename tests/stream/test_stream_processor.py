@@ -105,7 +105,7 @@ def test_a_contact_touched_by_many_batches_is_written_once_per_checkpoint():
     h.checkpoint(T0 + 10 * SECOND)
     assert _records_written(h, "c1") == 1
     assert score(h, "c1", T0 + 10 * SECOND) >= 80
-    assert h.processor.dirty_count == 0
+    assert not h.processor.dirty
     h.checkpoint(T0 + 11 * SECOND)  # nothing dirty: nothing written
     assert _records_written(h, "c1") == 1
 
