@@ -46,7 +46,7 @@ class Metrics:
             registry=r,
         )
         self.batch_duration = Histogram(
-            "leadpulse_batch_duration_seconds", "Time the score agent spends on one batch", buckets=LATENCY_BUCKETS, registry=r
+            "leadpulse_batch_duration_seconds", "Time from taking a batch to its triggers acknowledged and on the read side", buckets=LATENCY_BUCKETS, registry=r
         )
         self.batch_size = Histogram(
             "leadpulse_batch_size", "Events per score-agent batch", buckets=BATCH_SIZE_BUCKETS, registry=r

@@ -1,23 +1,32 @@
 """The faust application: topics, the ``contacts`` table and the ``score`` agent.
 
-The agent takes batches of records (``stream.take_events``) with concurrency 1 per
-partition set, hands them to :class:`streams.processor.BatchProcessor` and then does
-the I/O in an order that makes crashes harmless:
+The agent takes batches of records (:func:`streams.batching.take_ready`: whatever is
+buffered, as soon as it is free) with concurrency 1 per partition set and hands them to :class:`streams.processor.BatchProcessor`. The agent
+only computes and hands records to the producer; the waits (broker acks, the read side)
+run in one ordered I/O chain next to it, so the next batch is scored while the last
+one's acks and Redis writes are in flight. Each link of the chain starts when the one
+before it is done, so the read side sees writes in the order they were made:
 
-1. triggers to ``leadpulse-triggers`` and bad events to ``leadpulse-dlq``, awaiting
-   broker acks;
-2. the read side (``publish`` hook: the trigger stream, idempotent by trigger id, and
-   the views of the contacts those triggers name);
-3. the batch is acked. Touched contacts stay dirty in the processor's write-back cache.
+1. a batch: its triggers go to ``leadpulse-triggers`` and bad events to ``leadpulse-dlq``
+   at once; its link awaits their broker acks, then writes the read side (``publish``
+   hook: the trigger stream, idempotent by trigger id, and the views of the contacts
+   those triggers name). The batch is acked to faust when the agent is done with it;
+   touched contacts stay dirty in the processor's write-back cache.
+2. a checkpoint: every dirty contact is encoded once and put in the in-memory table at
+   once (so a record the cache drops is read back current); its link writes the views
+   and states to the read side, then the records to the table's changelog, awaiting the
+   acks.
 
-A checkpoint writes every dirty contact once: its view and state to the read side, then
-its record to the table's changelog, awaiting the acks. It runs when the last one is
-``checkpoint_interval_ms`` old (at the end of a batch or a timer tick), before faust
-commits any offset (a hook on the consumer's commit), before a revoke and on shutdown.
-So a committed offset never runs ahead of the changelog. A crash before a checkpoint
-replays the uncommitted records onto the previous one, which recomputes the same
-triggers with the same deterministic ids (the sinks drop the repeats); records already
-in the changelog find their positions applied and apply nothing twice.
+A checkpoint runs when the last one is ``checkpoint_interval_ms`` old (at the end of a
+batch or a timer tick); it first waits for the previous checkpoint's link, which bounds
+the work in flight to about one checkpoint interval. Before faust commits any offset (a
+hook on the consumer's commit), before a revoke or a table rebuild and on shutdown, a
+checkpoint runs and the whole chain is awaited, so a committed offset never runs ahead
+of the changelog. A link that fails (a lost broker; the read side is retried) stops the
+worker without committing. A crash before a checkpoint replays the uncommitted records
+onto the previous one, which recomputes the same triggers with the same deterministic
+ids (the sinks drop the repeats); records already in the changelog find their positions
+applied and apply nothing twice.
 
 The I/O around Redis and the sinks is injected (``publish``), so streams/ stays free
 of connectors and the agent can run under faust's test context.
@@ -36,6 +45,7 @@ import faust
 import orjson
 from faust.sensors.monitor import Monitor
 
+from streams.batching import take_ready
 from streams.bots import DEFAULT_BOT_AGENTS, BotRules
 from streams.processor import BatchOutcome, BatchProcessor, StreamLimits
 
@@ -263,7 +273,7 @@ class ScoreApp:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_linger=0.002,
-            # Changelog records go out as record batches (ScoreApp._write_table): room for
+            # Changelog records go out as record batches (ScoreApp._write_changelog): room for
             # a few hundred ~1 KB records per batch instead of aiokafka's 16 KB.
             producer_max_batch_size=262_144,
             stream_buffer_maxsize=16_384,
@@ -283,6 +293,10 @@ class ScoreApp:
         # The agent, the timer tick and checkpoints all read and write contact records: one at a time.
         self._lock = asyncio.Lock()
         self._last_checkpoint = time.monotonic()
+        # The tail of the ordered I/O chain (see the module docstring), and the last
+        # checkpoint's link, which the next checkpoint waits for.
+        self._io_tail: asyncio.Future | None = None
+        self._checkpoint_io: asyncio.Future | None = None
         self.app.before_commit = self.checkpoint  # type: ignore[attr-defined] - read by use_checkpoint_before_commit
         self._rebuilt: set[int] = set()
         self.app.agent(self.events_topic, name="score", concurrency=1)(self._score)
@@ -303,18 +317,49 @@ class ScoreApp:
         return self.contacts.data.get(key.encode("utf-8"))
 
     async def _score(self, stream: Any) -> None:
-        within = self.config.batch_within_ms / 1000
-        async for batch in stream.take_events(self.config.batch_max, within=within):
+        batches = take_ready(stream, self.config.batch_max, linger=self.config.batch_within_ms / 1000)
+        active = getattr(stream, "_active_agens", None)
+        if active is not None:  # faust closes the buffering generators of a stopping stream
+            active.add(batches)
+        async for batch in batches:
             try:
                 await self.handle([(e.message.partition, e.message.offset, e.value) for e in batch])
-            except Exception:  # noqa: BLE001
-                # take_events acks the batch in a finally block even when we raise, and a
+            except Exception as exc:  # noqa: BLE001
+                # take_ready acks the batch in a finally block even when we raise, and a
                 # later commit would then skip events that were never applied. Bad input
                 # never gets here (it goes to the DLQ); this is a bug or a lost broker, so
                 # stop at once without committing: a restart replays the batch.
-                log.critical("score agent failed on a batch; exiting without commit so it is replayed", exc_info=True)
-                logging.shutdown()
-                os._exit(70)
+                self.stop_without_commit("score agent failed on a batch", exc)
+
+    def stop_without_commit(self, what: str, exc: BaseException) -> None:
+        """Exit the process at once: nothing after the last commit counts, a restart replays it."""
+        log.critical("%s; exiting without commit so it is replayed", what, exc_info=exc)
+        logging.shutdown()
+        os._exit(70)
+
+    def _chain(self, work: Callable[[], Awaitable[None]]) -> asyncio.Future:
+        """Run ``work`` after every link chained before it, without waiting for it here."""
+        previous = self._io_tail
+
+        async def link() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001 - a lost broker: nothing after the last commit may count
+                self.stop_without_commit("writing a batch's or checkpoint's output failed", exc)
+                raise
+
+        self._io_tail = asyncio.ensure_future(link())
+        return self._io_tail
+
+    async def drain(self) -> None:
+        """Wait until every write chained so far is acknowledged."""
+        while self._io_tail is not None:
+            tail = self._io_tail
+            await tail
+            if tail is self._io_tail:
+                self._io_tail = None
 
     @staticmethod
     def _deliver_with(deliver: Deliver) -> Callable[[Any], Awaitable[None]]:
@@ -330,32 +375,46 @@ class ScoreApp:
         # is rebuilt from a changelog that holds our latest writes.
         async with self._lock:
             await self._checkpoint()
+            await self.drain()
             self.processor.forget_partitions()
             self._rebuilt.clear()
 
     async def checkpoint(self) -> None:
-        """Write every dirty contact (read side, then changelog), waiting for the acks."""
+        """Write every dirty contact (read side, then changelog) and wait for every write in flight."""
         async with self._lock:
             await self._checkpoint()
+            await self.drain()
 
     async def _maybe_checkpoint(self) -> None:
         if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval_ms / 1000:
             await self._checkpoint()
 
     async def _checkpoint(self) -> None:
-        """Caller holds the lock."""
+        """Encode the dirty contacts and chain their writes. Caller holds the lock."""
         self._last_checkpoint = time.monotonic()
+        if self._checkpoint_io is not None:
+            # At most one checkpoint in flight: if the read side or the broker falls
+            # behind, scoring waits here instead of piling up unwritten state.
+            await self._checkpoint_io
+            self._checkpoint_io = None
         if not self.processor.dirty and not self.processor.dirty_timers:
             return
         started = time.perf_counter()
         contacts = sum(len(records) for records in self.processor.dirty.values())  # not the timer index
         out = self.processor.checkpoint(int(time.time() * 1000))
-        await self._publish_with_retry(out)
-        await self._write_table(out.writes)
-        if self.metrics is not None:
-            self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
-            self.metrics.state_writes.inc(contacts)
-            self.metrics.contacts.set(len(self.contacts.data))
+        for partition, records in out.writes.items():
+            for key, value in records.items():
+                self._store_put(key.encode("utf-8"), value, partition)
+
+        async def write() -> None:
+            await self._publish_with_retry(out)
+            await self._write_changelog(out.writes)
+            if self.metrics is not None:
+                self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
+                self.metrics.state_writes.inc(contacts)
+                self.metrics.contacts.set(len(self.contacts.data))
+
+        self._checkpoint_io = self._chain(write)
 
     def assigned_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.config.events_topic}
@@ -366,6 +425,7 @@ class ScoreApp:
         async with self._lock:
             partitions = self.assigned_partitions()
             if partitions - self._rebuilt:
+                await self.drain()
                 await self._rebuild_table(partitions - self._rebuilt)
             out = self.processor.tick(partitions, int(time.time() * 1000))
             if out.triggers or out.views:
@@ -435,6 +495,7 @@ class ScoreApp:
             fresh = {partition for partition, _offset, _value in records} - self._rebuilt
             if fresh:
                 await self._checkpoint()  # the rebuild drops every record held in memory
+                await self.drain()
                 await self._rebuild_table(fresh)
             started = time.perf_counter()
             out = self.processor.process(records, int(time.time() * 1000))
@@ -444,6 +505,7 @@ class ScoreApp:
             return out
 
     async def _commit_outcome(self, out: BatchOutcome, started: float) -> None:
+        """Hand the batch's records to the producer now; chain the wait for their acks and the read side."""
         acks = []
         for trigger in out.triggers:
             acks.append(await self.triggers_topic.send(key=trigger["contact_id"].encode(), value=orjson.dumps(trigger)))
@@ -451,15 +513,19 @@ class ScoreApp:
             acks.append(await self.dlq_topic.send(value=orjson.dumps({**dead, "stage": "worker"})))
         for key, value in out.forward:
             acks.append(await self.events_topic.send(key=key.encode("utf-8"), value=value))
-        for ack in acks:
-            await ack
-        if out.triggers or out.views:
-            await self._publish_with_retry(out)
-        if self.metrics is not None:
-            self._observe(out, time.perf_counter() - started)
 
-    async def _write_table(self, writes: dict[int, dict[str, bytes]]) -> None:
-        """Write a checkpoint's records to the table and its changelog, and wait for the acks.
+        async def finish() -> None:
+            for ack in acks:
+                await ack
+            if out.triggers or out.views:
+                await self._publish_with_retry(out)
+            if self.metrics is not None:
+                self._observe(out, time.perf_counter() - started)
+
+        self._chain(finish)
+
+    async def _write_changelog(self, writes: dict[int, dict[str, bytes]]) -> None:
+        """Write a checkpoint's records to the table's changelog, and wait for the acks.
 
         The records go straight to the producer rather than through ``Table.send_changelog``:
         that path queues each record in faust's producer buffer, drained one message at a
@@ -479,7 +545,6 @@ class ScoreApp:
             batch = producer.create_batch()
             for key, value in records.items():
                 raw_key = key.encode("utf-8")
-                self._store_put(raw_key, value, partition)
                 if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full
                     batch.close()
                     acks.append(await producer.send_batch(batch, topic, partition=partition))
