@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     envelope_max_events: int = Field(500, ge=1, description="most events in one envelope record")
     batch_max: int = Field(1000, ge=1, description="most records the score agent takes per batch")
     batch_within: Duration = Field(5, description="after the first record of a batch, how long the score agent waits for more (0: it takes what is buffered)")
-    checkpoint_interval: Duration = Field(1_000, description="how often dirty contact state is written to the table and Redis (0: after every batch)")
+    checkpoint_interval: Duration = Field(1_000, description="how long a changed contact waits before its state is written to the table and Redis (0: after every batch)")
     lateness: Duration = Field(10_000, description="how late an event may arrive and still veto handoff triggers (mql, route_to_sales wait this long; alerts do not)")
     late_limit: Duration = Field(30 * 86_400_000, description="events older than this go to the DLQ")
     future_skew: Duration = Field(300_000, description="events further in the future than this go to the DLQ")

@@ -125,11 +125,13 @@ class BatchProcessor:
         # contact is decoded once, not once per batch. The table stays the durable copy.
         self.cache: dict[str, ContactRecord] = {}
         self.cache_size = cache_size
-        # Written at the next checkpoint: partition -> key -> record (never evicted before it),
-        # contacts whose read-side view changed, partitions whose timer list changed.
+        # Written at the next checkpoint: partition -> key -> record (never evicted before it;
+        # in the order they became dirty), when each became dirty (wall clock ms), contacts
+        # whose read-side view changed, partitions whose timer list changed (-> since when).
         self.dirty: dict[int, dict[str, ContactRecord]] = {}
+        self.dirty_since: dict[str, int] = {}
         self.stale_views: set[str] = set()
-        self.dirty_timers: set[int] = set()
+        self.dirty_timers: dict[int, int] = {}
 
     # ---- watermark and timers ---------------------------------------------------------
     def watermark(self, partition: int, now_ms: int) -> int:
@@ -153,6 +155,7 @@ class BatchProcessor:
         """
         self.cache.clear()
         self.dirty.clear()
+        self.dirty_since.clear()
         self.stale_views.clear()
         self.dirty_timers.clear()
         for part in list(self.timers) if partitions is None else partitions:
@@ -181,27 +184,37 @@ class BatchProcessor:
         self._publish_alerted(out, now_ms)
         return out
 
-    def checkpoint(self, now_ms: int) -> BatchOutcome:
-        """Encode every dirty contact once: ``writes`` for the table, ``views``/``docs`` for the read side.
+    def checkpoint(self, now_ms: int, dirty_since: int | None = None) -> BatchOutcome:
+        """Encode dirty contacts once each: ``writes`` for the table, ``views``/``docs`` for the read side.
 
-        The caller writes the outcome before any offset of the records applied so far is
-        committed; afterwards nothing is dirty.
+        With ``dirty_since=None`` every dirty contact (and timer list) is encoded: the caller
+        writes the outcome before any offset of the records applied so far is committed, and
+        afterwards nothing is dirty. With a time, only what has been dirty since then or
+        earlier: a rolling checkpoint that writes each contact at most once per interval but
+        spreads the work over the batches instead of pausing scoring for all of it at once.
         """
         out = BatchOutcome()
         stale = self.stale_views
+        since = self.dirty_since
         model = self.model
         for partition, records in self.dirty.items():
             writes = out.writes[partition] = {}
             for key, record in records.items():
+                if dirty_since is not None and since[key] > dirty_since:
+                    break  # the rest became dirty later (insertion order)
                 writes[key], state_doc = record.encode_with_state()
                 if key in stale:
+                    stale.discard(key)
                     out.views[key] = summary(record.state, model, now_ms)
                     out.docs[key] = state_doc
-        for partition in self.dirty_timers:
-            out.writes.setdefault(partition, {})[TIMERS_KEY.format(partition)] = orjson.dumps(self._timers(partition))
-        self.dirty = {}
-        self.stale_views = set()
-        self.dirty_timers = set()
+            for key in writes:
+                del records[key]
+                del since[key]
+        for partition, dirty_at in list(self.dirty_timers.items()):
+            if dirty_since is None or dirty_at <= dirty_since:
+                out.writes.setdefault(partition, {})[TIMERS_KEY.format(partition)] = orjson.dumps(self._timers(partition))
+                del self.dirty_timers[partition]
+        self.dirty = {partition: records for partition, records in self.dirty.items() if records}
         return out
 
     def _publish_alerted(self, out: BatchOutcome, now_ms: int) -> None:
@@ -319,7 +332,7 @@ class BatchProcessor:
                 self._request_link(record, str(event["anonymous_id"]), event["ts"], out)
         record.pos = [newest_offset, newest_index]
         record.forget_before(window)
-        self._mark_dirty(partition, record, touched)
+        self._mark_dirty(partition, record, touched, now_ms)
         return record
 
     def _decide(
@@ -366,9 +379,9 @@ class BatchProcessor:
                     else:
                         self._emit(trigger, now_ms, out)
                 record.held = keep
-                self._mark_dirty(partition, record, bool(fired))
+                self._mark_dirty(partition, record, bool(fired), now_ms)
 
-    def _mark_dirty(self, partition: int, record: ContactRecord, touched: bool) -> None:
+    def _mark_dirty(self, partition: int, record: ContactRecord, touched: bool, now_ms: int) -> None:
         timers = self._timers(partition)
         dues = [t["event_ts"] for t in record.held]
         engine_due = next_due(record.state, self.model)
@@ -376,7 +389,7 @@ class BatchProcessor:
             dues.append(engine_due)
         due = min(dues, default=None)
         if timers.get(record.key) != due:
-            self.dirty_timers.add(partition)
+            self.dirty_timers.setdefault(partition, now_ms)
             if due is None:
                 del timers[record.key]
             else:
@@ -384,7 +397,9 @@ class BatchProcessor:
         dirty = self.dirty.get(partition)
         if dirty is None:
             dirty = self.dirty[partition] = {}
-        dirty[record.key] = record
+        if record.key not in dirty:
+            dirty[record.key] = record
+            self.dirty_since[record.key] = now_ms
         if touched:
             self.stale_views.add(record.key)
 

@@ -67,9 +67,10 @@ class Harness:
         if self.checkpoints:
             self.checkpoint(now_ms)
 
-    def checkpoint(self, now_ms: int) -> None:
-        """What the worker does before faust commits: write every dirty contact to the table."""
-        self.apply(self.processor.checkpoint(now_ms))
+    def checkpoint(self, now_ms: int, dirty_since: int | None = None) -> None:
+        """What the worker does before faust commits: write every dirty contact to the table
+        (or, with ``dirty_since``, its rolling checkpoint: those dirty since then or earlier)."""
+        self.apply(self.processor.checkpoint(now_ms, dirty_since))
 
     def apply(self, out: BatchOutcome) -> None:
         self.outcomes.append(out)

@@ -110,6 +110,27 @@ def test_a_contact_touched_by_many_batches_is_written_once_per_checkpoint():
     assert _records_written(h, "c1") == 1
 
 
+def test_a_rolling_checkpoint_writes_only_contacts_dirty_for_the_whole_interval():
+    h = Harness(partitions=1)
+    h.checkpoints = False
+    h.produce(journey("c1"))
+    h.run(T0 + 10 * SECOND)  # c1 dirty since T0 + 10 s
+    h.produce(journey("c2"))
+    h.run(T0 + 10 * SECOND + 600)  # c2 since 600 ms later
+    h.produce([event("c1-again", "page_view", T0 + 5 * SECOND, "c1", properties={"path": "/pricing"})])
+    h.run(T0 + 10 * SECOND + 900)  # touching c1 again does not make it younger
+    h.checkpoint(T0 + 11 * SECOND, dirty_since=T0 + 10 * SECOND + 100)
+    assert _records_written(h, "c1") == 1 and _records_written(h, "c2") == 0
+    assert "c1" in h.outcomes[-1].views and "c2" not in h.outcomes[-1].views
+    assert read_record(h.table["c1"], "c1")["pos"] == [2, 0]  # its newest event is in the record
+    h.produce([event("c1-later", "page_view", T0 + 6 * SECOND, "c1", properties={"path": "/pricing"})])
+    h.run(T0 + 11 * SECOND + 100)  # c1 dirty again, from now on
+    h.checkpoint(T0 + 11 * SECOND + 200, dirty_since=T0 + 10 * SECOND + 700)
+    assert _records_written(h, "c1") == 1 and _records_written(h, "c2") == 1
+    h.checkpoint(T0 + 11 * SECOND + 300)  # full: the rest
+    assert _records_written(h, "c1") == 2 and not h.processor.dirty and not h.processor.dirty_since
+
+
 def test_crash_before_the_checkpoint_replays_onto_the_last_one_with_the_same_result():
     whole = Harness()
     whole.produce(journey(), envelope=False)
