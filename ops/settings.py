@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     bot_user_agents: str = Field("", description="regex of user agents counted as bots (empty: the built-in list)")
     scanner_click_window: Duration = Field(5_000, description="a click this soon after delivery is a link scanner")
     scanner_burst: int = Field(4, ge=2, description="this many clicks within 2 s by one contact is a link scanner")
-    fetch_max_wait: Duration = Field(10, description="longest a worker's fetch waits for data (bounds latency on Tansu)")
+    fetch_max_wait: Duration = Field(100, description="longest a worker's fetch waits for data (bounds latency on Tansu)")
     max_event_bytes: int = Field(32 * 1024, description="largest accepted event (HTTP 413 above)")
     max_batch_bytes: int = Field(500 * 1024, description="largest accepted batch request (HTTP 413 above)")
     max_pending_events: int = Field(50_000, ge=1, description="collector backpressure bound: 429 above it")
