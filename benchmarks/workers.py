@@ -120,8 +120,14 @@ class WorkerGroup:
 
 def measure_group(group: WorkerGroup, expected: int, progress: Progress, label: str,
                   timeout_s: float = 900.0, on_first: Any = None, stall_s: float = 60.0) -> dict[str, Any]:
-    """Scrape until ``expected`` events are done; rate from the first to the last progressing scrape."""
+    """Scrape until ``expected`` events are done; rate from the first to the last progressing scrape.
+
+    When one scrape interval covers the whole run (small ``--quick`` counts), the rate
+    starts at the last scrape that showed nothing done instead: slower by up to one
+    interval, never zero.
+    """
     started = time.monotonic()
+    idle_at: float | None = None  # the last scrape that showed nothing done
     first: tuple[float, float] | None = None
     last: tuple[float, float] | None = None
     samples: list[tuple[float, float]] = []
@@ -133,8 +139,10 @@ def measure_group(group: WorkerGroup, expected: int, progress: Progress, label: 
         if scraped is not None:
             values = scraped
             done = values.get("leadpulse_batch_size_sum", 0.0)
+            if done == 0:
+                idle_at = now
             if done > 0 and first is None:
-                first = (now, done)
+                first = (idle_at, 0.0) if done >= expected and idle_at is not None else (now, done)
                 if on_first is not None:
                     on_first()
             if first is not None and (last is None or done > last[1]):
