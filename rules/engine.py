@@ -220,49 +220,6 @@ def _capped(size: float, decayed: float, cap: float) -> float:
     return decayed if size <= cap else decayed * cap / size
 
 
-def _add_windowed(entry: list, ts: int, points: float, delta: float, factor: float, cap: float, window: int,
-                  lateness: int) -> None:
-    """Fold one event into a capped rule's accumulator whose reference time was already moved
-    to the later of its own and ``ts``: ``factor`` decays what it held to that time and
-    ``delta`` is the event's points at it (see the module docstring). Sets ``entry[1]``."""
-    windows = entry[4]  # [[window index, raw size, decayed at ref], ...] oldest first
-    if factor != 1.0:
-        entry[2] *= factor
-        for w in windows:
-            w[2] *= factor
-    newest = entry[0]
-    idx = ts // window
-    if windows and (windows[0][0] + 1) * window + lateness <= newest:
-        # Windows that can no longer receive events (within allowed lateness) are folded.
-        while windows and (windows[0][0] + 1) * window + lateness <= newest:
-            _, size, decayed = windows.pop(0)
-            entry[2] += decayed if size <= cap else decayed * cap / size
-    if (idx + 1) * window + lateness <= newest:
-        entry[5] += 1  # too late for a closed window: documented to count 0
-        entry[1] = entry[2] + sum(_capped(w[1], w[2], cap) for w in windows)
-        return
-    size = points if points > 0 else -points
-    if windows and windows[-1][0] == idx:
-        w = windows[-1]
-        w[1] += size
-        w[2] += delta
-    else:
-        for pos, w in enumerate(windows):
-            if w[0] == idx:
-                w[1] += size
-                w[2] += delta
-                break
-            if w[0] > idx:
-                windows.insert(pos, [idx, size, delta])
-                break
-        else:
-            windows.append([idx, size, delta])
-    total = entry[2]
-    for _, size, decayed in windows:
-        total += decayed if size <= cap else decayed * cap / size
-    entry[1] = total
-
-
 def _new_entry(ts: int, points: float, cap: float, window: int) -> list:
     if not cap:
         return [ts, float(points), 0.0, 1, None, 0]
@@ -441,7 +398,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     (``_settle_lifecycle``) are inlined here. A step that provably decides nothing (see
     "quiet" below) skips the score; a step that decides nothing after all skips the decision
     block (``_decide``). Every float is computed by the same operations in the same order as in
-    the reference helpers (``_add_windowed``, ``_rebuild_groups``, ``_score``; an ``exp`` whose
+    the reference helpers (``_rebuild_groups``, ``_score``; an ``exp`` whose
     argument is the same is reused, never re-derived), so the state and the triggers are
     bit-for-bit theirs; tests/unit/rules/test_rules_golden.py and ``benchmarks.engine_bench
     --check`` pin that.
@@ -557,7 +514,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                     entry[1] = new_value
                     entry[3] = count + 1
                 else:
-                    # _add_windowed, inlined: decay the closed sum and every window to new_ref, fold
+                    # A capped rule: decay the closed sum and every window to new_ref, fold
                     # the windows that can no longer receive events, add the event to its window
                     # and re-apply the caps. Window i is closed once (i + 1) * window + lateness <=
                     # new_ref, i.e. i < first_open (integer floor division, exact).
