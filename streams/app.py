@@ -55,7 +55,7 @@ from faust.sensors.monitor import Monitor
 
 from streams.batching import take_ready
 from streams.bots import DEFAULT_BOT_AGENTS, BotRules
-from streams.processor import BatchOutcome, BatchProcessor, StreamLimits
+from streams.processor import TIMERS_KEY, BatchOutcome, BatchProcessor, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -455,11 +455,11 @@ class ScoreApp:
         if not self.processor.dirty and not self.processor.dirty_timers:
             return
         started = time.perf_counter()
-        dirty_before = {partition: len(records) for partition, records in self.processor.dirty.items()}
         out = self.processor.checkpoint(int(time.time() * 1000), dirty_since)
         if not out.writes:
             return
-        contacts = sum(count - len(self.processor.dirty.get(partition, ())) for partition, count in dirty_before.items())
+        # Contact records only, not the partitions' timer lists.
+        contacts = sum(len(records) - (TIMERS_KEY.format(partition) in records) for partition, records in out.writes.items())
         for partition, records in out.writes.items():
             for key, value in records.items():
                 self._store_put(key.encode("utf-8"), value, partition)
