@@ -16,13 +16,16 @@ import asyncio
 from typing import Any, AsyncGenerator
 
 
-async def take_ready(stream: Any, max_: int, linger: float = 0.0, poll: float = 1.0) -> AsyncGenerator[list[Any], None]:
+async def take_ready(
+    stream: Any, max_: int, linger: float = 0.0, poll: float = 1.0, ack: bool = True,
+) -> AsyncGenerator[list[Any], None]:
     """Yield lists of up to ``max_`` events: what the stream buffered, once it holds at least one.
 
     ``linger`` (seconds): after the first record of a batch, wait at most this long for
     the buffer to fill (0: do not wait). ``poll``: how often an idle agent checks for a
     stop. Events are acked after the caller is done with their batch, as in faust's
-    ``take_events``.
+    ``take_events``; with ``ack=False`` the caller acks them (``stream.ack``) when it
+    chooses, and faust commits no offset past an event not acked yet.
     """
     buffer: list[Any] = []
     has_records = asyncio.Event()
@@ -68,8 +71,9 @@ async def take_ready(stream: Any, max_: int, linger: float = 0.0, poll: float = 
                 buffer.clear()
                 has_records.clear()
                 is_full.clear()
-                for event in events:
-                    await stream.ack(event)
+                if ack:
+                    for event in events:
+                        await stream.ack(event)
                 if not reading.done():
                     reading.set_result(None)
                 consumed.set()

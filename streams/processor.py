@@ -15,8 +15,9 @@ Checkpoints
 Touched records stay in memory, marked dirty, until :meth:`BatchProcessor.checkpoint`
 encodes each dirty contact once for the table/changelog and the read side (DESIGN.md
 section 2: a write-back cache flushed once per commit interval). A busy contact touched
-by many batches in one interval is written once. The stream layer checkpoints before
-faust commits any offset, so a committed offset never runs ahead of the durable state;
+by many batches in one interval is written once. The stream layer lets faust commit a
+record's offset only after every contact it dirtied was checkpointed
+(:meth:`BatchProcessor.oldest_dirty`), so a committed offset never runs ahead of the durable state;
 a crash in between replays the uncommitted records onto the last checkpoint, and the
 stored positions and deterministic trigger ids make that replay harmless. A contact that
 fires a trigger has its read-side view published with the batch, so whoever sees the
@@ -187,9 +188,8 @@ class BatchProcessor:
     def checkpoint(self, now_ms: int, dirty_since: int | None = None) -> BatchOutcome:
         """Encode dirty contacts once each: ``writes`` for the table, ``views``/``docs`` for the read side.
 
-        With ``dirty_since=None`` every dirty contact (and timer list) is encoded: the caller
-        writes the outcome before any offset of the records applied so far is committed, and
-        afterwards nothing is dirty. With a time, only what has been dirty since then or
+        With ``dirty_since=None`` every dirty contact (and timer list) is encoded, and
+        afterwards nothing is dirty (before a revoke, a table rebuild or shutdown). With a time, only what has been dirty since then or
         earlier: a rolling checkpoint that writes each contact at most once per interval but
         spreads the work over the batches instead of pausing scoring for all of it at once.
         """
@@ -216,6 +216,18 @@ class BatchProcessor:
                 del self.dirty_timers[partition]
         self.dirty = {partition: records for partition, records in self.dirty.items() if records}
         return out
+
+    def oldest_dirty(self) -> int | None:
+        """When the longest-dirty contact or timer list became dirty (None: nothing is dirty).
+
+        Everything dirtied earlier than this has been handed to a checkpoint; the stream
+        layer acks a batch's records once that holds for the batch's time.
+        """
+        oldest = next(iter(self.dirty_since.values()), None)
+        if self.dirty_timers:
+            timers = min(self.dirty_timers.values())
+            oldest = timers if oldest is None else min(oldest, timers)
+        return oldest
 
     def _publish_alerted(self, out: BatchOutcome, now_ms: int) -> None:
         """Views of the contacts named by this batch's triggers go out with it, ahead of the checkpoint."""

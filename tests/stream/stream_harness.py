@@ -68,7 +68,7 @@ class Harness:
             self.checkpoint(now_ms)
 
     def checkpoint(self, now_ms: int, dirty_since: int | None = None) -> None:
-        """What the worker does before faust commits: write every dirty contact to the table
+        """What the worker does before a revoke or shutdown: write every dirty contact to the table
         (or, with ``dirty_since``, its rolling checkpoint: those dirty since then or earlier)."""
         self.apply(self.processor.checkpoint(now_ms, dirty_since))
 
