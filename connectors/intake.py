@@ -49,7 +49,7 @@ class KafkaIntake:
         dlq_topic: str,
         partitions: int,
         *,
-        linger_ms: int = 5,
+        linger_ms: int = 20,
         max_envelope_events: int = 500,
         max_pending: int = 50_000,
         produce_timeout_ms: int = 10_000,

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     app_id: str = Field("leadpulse", description="faust app id = consumer group of the workers")
     topic_prefix: str = Field("leadpulse", description="topics are <prefix>-events, <prefix>-triggers, <prefix>-dlq")
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the events/triggers topics")
-    envelope_linger: Duration = Field(5, description="collector waits this long to pack events per partition")
+    envelope_linger: Duration = Field(20, description="collector waits this long to pack events per partition (one broker record batch per partition per wait)")
     envelope_max_events: int = Field(500, ge=1, description="most events in one envelope record")
     batch_max: int = Field(1000, ge=1, description="most records the score agent takes per batch")
     batch_within: Duration = Field(5, description="after the first record of a batch, how long the score agent waits for more (0: it takes what is buffered)")
