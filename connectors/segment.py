@@ -131,19 +131,20 @@ def batch_item(item: Any, batch: dict[str, Any]) -> Any:
 
 def nesting_problem(payload: dict[str, Any], limit: int = MAX_DEPTH) -> BadInput | None:
     """A :class:`BadInput` naming the top-level field nested deeper than ``limit`` levels, else None."""
+    # Runs on every event the collector takes: scalars (most fields) cost one check, and
+    # only containers go on the stack.
+    containers = (dict, list)
     for field, value in payload.items():
+        if not isinstance(value, containers):
+            continue
         stack = [(value, 2)]
         while stack:
             node, depth = stack.pop()
-            if isinstance(node, dict):
-                children = node.values()
-            elif isinstance(node, list):
-                children = node
-            else:
-                continue
             if depth > limit:
                 return BadInput(f"{field}: nested deeper than {limit} levels", field=str(field))
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, containers):
+                    stack.append((child, depth + 1))
     return None
 
 
