@@ -44,10 +44,13 @@ class Calls:
         self.hot_n = 0
         self.pending_demo: list[tuple[float, str]] = []  # (due monotonic, contact id)
         self.known = [f"{run}-k{i}" for i in range(5_000)]
+        self._stamp: tuple[int, str] = (-1, "")
 
     def _base(self, kind: str, ts: int) -> dict[str, Any]:
         h = f"{self.rng.getrandbits(128):032x}"
-        return {"type": kind, "messageId": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", "timestamp": iso(ts)}
+        if ts != self._stamp[0]:  # a call's events share one time: format it once (the load shares the cores)
+            self._stamp = (ts, iso(ts))
+        return {"type": kind, "messageId": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", "timestamp": self._stamp[1]}
 
     def batch(self, n: int, now_mono: float) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
         rng = self.rng
