@@ -24,7 +24,11 @@ class Clock:
         self.now = T0
 
 
-def _score_app(tmp_path, log: list, clock: Clock) -> ScoreApp:
+def _score_app(tmp_path) -> tuple[ScoreApp, list, Clock]:
+    """A worker without a broker: the changelog write and the acks go to a log; the clock is the test's."""
+    log: list = []
+    clock = Clock()
+
     async def publish(out: BatchOutcome) -> None:
         log.append(("read side", sorted(out.docs)))
 
@@ -42,7 +46,7 @@ def _score_app(tmp_path, log: list, clock: Clock) -> ScoreApp:
     app._write_changelog = write_changelog
     app._ack = ack
     app._now_ms = lambda: clock.now
-    return app
+    return app, log, clock
 
 
 async def _handle(app: ScoreApp, clock: Clock, at_ms: int, offset: int, contact: str, event: str) -> None:
@@ -58,9 +62,7 @@ def _acks(log: list) -> list[str]:
 
 def test_a_batch_is_acked_after_the_rolling_checkpoint_that_writes_its_contacts(tmp_path):
     async def run() -> list:
-        log: list = []
-        clock = Clock()
-        app = _score_app(tmp_path, log, clock)
+        app, log, clock = _score_app(tmp_path)
         await _handle(app, clock, 0, 0, "alice", "batch-1")
         await _handle(app, clock, 500, 1, "bob", "batch-2")
         assert _acks(log) == []  # alice and bob are dirty, not written yet
@@ -79,9 +81,7 @@ def test_a_batch_is_acked_after_the_rolling_checkpoint_that_writes_its_contacts(
 
 def test_a_batch_that_changes_nothing_waits_for_the_batches_before_it_only(tmp_path):
     async def run() -> list:
-        log: list = []
-        clock = Clock()
-        app = _score_app(tmp_path, log, clock)
+        app, log, clock = _score_app(tmp_path)
         await _handle(app, clock, 0, 0, "alice", "batch-1")
         await _handle(app, clock, 100, 0, "alice", "replayed")  # same record again: nothing changes
         assert _acks(log) == []  # offsets are committed in order: it waits behind batch-1
