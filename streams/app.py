@@ -371,8 +371,8 @@ class ScoreApp:
             try:
                 await self.handle([(e.message.partition, e.message.offset, e.value) for e in batch], batch)
             except Exception as exc:  # noqa: BLE001
-                # take_ready acks the batch in a finally block even when we raise, and a
-                # later commit would then skip events that were never applied. Bad input
+                # A batch that failed half-way may have changed contacts in memory, and
+                # acking what came after it would let faust commit past it. Bad input
                 # never gets here (it goes to the DLQ); this is a bug or a lost broker, so
                 # stop at once without committing: a restart replays the batch.
                 self.stop_without_commit("score agent failed on a batch", exc)
