@@ -392,11 +392,7 @@ class ScoreApp:
         events can be acked. faust commits only acked offsets, so a committed offset never
         runs ahead of the changelog, and no commit has to wait for a full checkpoint.
         """
-        unacked = self._unacked
-        if unacked:
-            oldest = self.processor.oldest_dirty()
-            while unacked and (oldest is None or unacked[0][0] < oldest):
-                item.then_ack += unacked.popleft()[1]
+        item.then_ack += self._take_clean_batches()
         self._pending_writes.append(item)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_loop())
@@ -442,12 +438,21 @@ class ScoreApp:
                 for event in item.then_ack:
                     await ack(event)
 
+    def _take_clean_batches(self) -> list[Any]:
+        """Events of the handled batches (oldest first) none of whose dirtied contacts is still dirty."""
+        unacked = self._unacked
+        events: list[Any] = []
+        if unacked:
+            oldest = self.processor.oldest_dirty()
+            while unacked and (oldest is None or unacked[0][0] < oldest):
+                events += unacked.popleft()[1]
+        return events
+
     def _release_clean(self) -> None:
         """Queue an empty write for handled batches that are clean already (so no checkpoint will carry them)."""
-        if self._unacked:
-            oldest = self.processor.oldest_dirty()
-            if oldest is None or self._unacked[0][0] < oldest:
-                self._enqueue_write(_PendingWrite(BatchOutcome(), []))
+        events = self._take_clean_batches()
+        if events:
+            self._enqueue_write(_PendingWrite(BatchOutcome(), [], then_ack=events))
 
     async def _flush_all(self) -> None:
         """Write every dirty contact, wait for every write, and so ack every handled event. Caller holds the lock."""

@@ -189,9 +189,10 @@ class BatchProcessor:
         """Encode dirty contacts once each: ``writes`` for the table, ``views``/``docs`` for the read side.
 
         With ``dirty_since=None`` every dirty contact (and timer list) is encoded, and
-        afterwards nothing is dirty (before a revoke, a table rebuild or shutdown). With a time, only what has been dirty since then or
-        earlier: a rolling checkpoint that writes each contact at most once per interval but
-        spreads the work over the batches instead of pausing scoring for all of it at once.
+        afterwards nothing is dirty (before a revoke, a table rebuild or shutdown). With a
+        time, only what has been dirty since then or earlier: a rolling checkpoint that
+        writes each contact at most once per interval but spreads the work over the
+        batches instead of pausing scoring for all of it at once.
         """
         out = BatchOutcome()
         stale = self.stale_views
