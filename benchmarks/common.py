@@ -72,7 +72,8 @@ def try_scrape(url: str) -> dict[str, float] | None:
 
 
 def child_env(**leadpulse: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    # LEADPULSE_NATIVE is kept: it chooses the code that runs (rules/native.py), not a setting under test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_") or k == "LEADPULSE_NATIVE"}
     for key, value in leadpulse.items():
         env[f"LEADPULSE_{key.upper()}"] = str(value)
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -8,6 +8,9 @@ the ``apply_event`` calls are timed. Prints events/s, triggers and the mean stat
 
     python -m benchmarks.engine_bench [--events N] [--contacts N] [--seed N] [--repeat N] [--check]
 
+It measures the engine as the worker runs it: the compiled twin when it is built and current
+(rules/native.py), pure Python otherwise or with ``LEADPULSE_NATIVE=0``; the last row says which.
+
 ``--check`` adds an untimed pass over fresh states and prints SHA-256 digests of every
 trigger and of the final states as the worker stores them (orjson), so a change made for
 speed can be shown to give bit-for-bit the same results on the whole workload.
@@ -28,6 +31,7 @@ import orjson
 from ops.gc_policy import tune_garbage_collector
 from rules import default_model, load_model
 from rules.engine import apply_event, new_state
+from rules.native import status
 
 DAY = 86_400_000
 _CHUNK = 1024
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         ("triggers", f"{triggers:,}"),
         ("mean state size (orjson)", f"{mean_state:,.0f} bytes"),
         ("python", sys.version.split()[0]),
+        ("rules.engine runs", status().get("rules.engine", "pure")),  # compiled twin or not (rules/native.py)
     ]
     if args.check:
         rows += _digests(encoded, args.contacts, model)

@@ -105,6 +105,7 @@ def run(config: BenchConfig, broker_url: str = "", redis_url: str = "", progress
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "broker": "tansu (embedded)" if not broker_url else "configured",
+        "native": _native_status(),
         "quick": config.quick,
         "config": {"events": config.events, "known_contacts": config.known, "partitions": config.partitions,
                    "baseline_seconds": config.baseline_seconds, "rates": config.rates,
@@ -254,10 +255,26 @@ def table(result: dict[str, Any]) -> str:
                      f"in {lp.get('mean_batch_ms')} ms")
     wl = result.get("workload") or {}
     head = (f"leadpulse bench {'--quick ' if result.get('quick') else ''}{result.get('date')} commit {result.get('commit')} "
-            f"({result['machine']['cpus']} cpus, load {result['machine']['loadavg_at_start'][0]}, {result.get('broker')}); workload {wl.get('events', 0):,} events, "
+            f"({result['machine']['cpus']} cpus, load {result['machine']['loadavg_at_start'][0]}, {result.get('broker')}, "
+            f"{_native_label(result.get('native') or {})}); workload {wl.get('events', 0):,} events, "
             f"{wl.get('contacts', 0):,} contacts, {_dig(result, 'produce', 'events_per_record') or '-'} events/record; "
             f"{result.get('elapsed_s')} s")
     return "\n".join([head, ""] + lines + [""] + extra)
+
+
+def _native_status() -> dict[str, str]:
+    """Which hot modules run compiled (rules/native.py); the bench's workers import the same install."""
+    import streams.processor  # noqa: F401  (imports every module that has a twin)
+    from rules.native import status
+
+    return status()
+
+
+def _native_label(native: dict[str, str]) -> str:
+    if not native:
+        return "native: unknown"
+    compiled = sum(1 for how in native.values() if how == "compiled")
+    return f"{compiled}/{len(native)} hot modules compiled"
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

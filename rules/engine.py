@@ -1112,3 +1112,9 @@ __all__ = [
     "trigger_id",
     "view",
 ]
+
+
+# Last: run the compiled twin of this module when it was built from this exact file (rules/native.py).
+from rules.native import adopt  # noqa: E402
+
+adopt(globals())

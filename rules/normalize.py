@@ -81,3 +81,9 @@ def flatten(traits: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+# Last: run the compiled twin of this module when it was built from this exact file (rules/native.py).
+from rules.native import adopt  # noqa: E402
+
+adopt(globals())

@@ -484,3 +484,9 @@ def _dead(partition: int, offset: int, index: int | None, code: str, reason: str
     if isinstance(payload, (bytes, bytearray)):
         payload = bytes(payload).decode("utf-8", errors="replace")
     return {"code": code, "reason": reason, "partition": partition, "offset": offset, "index": index, "payload": payload}
+
+
+# Last: run the compiled twin of this module when it was built from this exact file (rules/native.py).
+from rules.native import adopt  # noqa: E402
+
+adopt(globals())

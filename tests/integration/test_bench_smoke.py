@@ -46,5 +46,8 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
         assert key in result, key
         assert isinstance(result[key], (int, float)) and result[key] > 0, (key, result[key])
     assert result["quick"] is True
+    # Which hot modules ran compiled is part of the record (rules/native.py).
+    assert "rules.engine" in result["native"] and "streams.processor" in result["native"]
+    assert "hot modules compiled" in proc.stdout
     assert set(result["latency"]) == {"1000", "5000", "10000"}
     assert "variant" in proc.stdout and "x ceiling" in proc.stdout

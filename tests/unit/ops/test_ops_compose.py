@@ -189,7 +189,7 @@ def test_dockerfile_base_image_and_user():
 
 def test_dockerfile_copies_everything_the_package_build_needs():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", pyproject["project"]["readme"]}
+    needed = {"pyproject.toml", "setup.py", pyproject["project"]["readme"]}  # setup.py: the compiled twins
     needed |= {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied: set[str] = set()
     for kw, rest in _dockerfile_instructions():
