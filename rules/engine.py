@@ -1,3 +1,6 @@
+# cython: annotation_typing=True
+# (Compiled twin only, rules/native.py: the hints below become C types there, e.g. a float argument is a
+# C double and a dict argument must be a dict; the golden tests pin that the results stay bit for bit.)
 """The scoring engine: pure functions over a per-contact state dict. No I/O, no clock.
 
 ``apply_event(state, event, model)`` folds one normalised event into a contact's state
