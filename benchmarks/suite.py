@@ -51,6 +51,7 @@ class BenchConfig:
     baseline_seconds: float = 60.0
     rates: list[float] = field(default_factory=lambda: [1_000.0, 5_000.0, 10_000.0])
     rate_seconds: float = 60.0
+    latency_shared_stack: bool = False  # all rates on one stack (default: a fresh stack per rate)
     state_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
     state_distinct: int = 100_000
     skip: set[str] = field(default_factory=set)
@@ -65,7 +66,8 @@ class BenchConfig:
     @classmethod
     def quick_defaults(cls) -> "BenchConfig":
         return cls(quick=True, events=30_000, known=100_000, baseline_seconds=4.0, rates=[1_000.0, 5_000.0, 10_000.0],
-                   rate_seconds=2.0, state_sizes=[1_000, 5_000], state_distinct=1_000)
+                   rate_seconds=2.0, state_sizes=[1_000, 5_000], state_distinct=1_000,
+                   latency_shared_stack=True)  # one stack start instead of three keeps --quick under a minute
 
 
 def _git_commit() -> str:
@@ -109,7 +111,8 @@ def run(config: BenchConfig, broker_url: str = "", redis_url: str = "", progress
         "quick": config.quick,
         "config": {"events": config.events, "known_contacts": config.known, "partitions": config.partitions,
                    "baseline_seconds": config.baseline_seconds, "rates": config.rates,
-                   "rate_seconds": config.rate_seconds, "state_sizes": config.state_sizes,
+                   "rate_seconds": config.rate_seconds, "latency_shared_stack": config.latency_shared_stack,
+                   "state_sizes": config.state_sizes,
                    "produce_rate": config.produce_rate},
     }
     try:
@@ -151,7 +154,8 @@ def run(config: BenchConfig, broker_url: str = "", redis_url: str = "", progress
         if "latency" not in config.skip:
             result["latency"] = asyncio.run(latency_step.measure(broker, redis, config.partitions, config.rates,
                                                                  config.rate_seconds, work_dir, progress,
-                                                                 settle_s=5.0 if config.quick else 20.0))
+                                                                 settle_s=5.0 if config.quick else 20.0,
+                                                                 shared_stack=config.latency_shared_stack))
         if "state" not in config.skip:
             result["state"] = asyncio.run(state_step.measure(redis, config.state_sizes, config.state_distinct, progress,
                                                              flush_redis=own_redis))

@@ -32,6 +32,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         config.state_distinct = min(config.state_distinct, max(config.state_sizes))
     if args.known is not None:
         config.known = args.known
+    if args.latency_shared_stack:
+        config.latency_shared_stack = True
     config.skip = {s.strip() for s in (args.skip or "").split(",") if s.strip()}
     unknown = config.skip - set(STEPS)
     if unknown:
@@ -70,6 +72,9 @@ def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--baseline-seconds", type=float, help="cap on the naive baseline's measuring time (default 60)")
     bench.add_argument("--rates", help="offered rates for the latency step, comma-separated (default 1000,5000,10000)")
     bench.add_argument("--rate-seconds", type=float, help="seconds per offered rate (default 60; quick 2)")
+    bench.add_argument("--latency-shared-stack", action="store_true",
+                       help="run the latency rates in turn on one stack (default: a fresh stack and topics per rate; "
+                            "--quick always shares one)")
     bench.add_argument("--state-sizes", help="contact counts for the state-size step (default 100000,1000000)")
     bench.add_argument("--state-distinct", type=int, help="distinct contacts built for the state step (default 100000)")
     bench.add_argument("--skip", help="comma-separated steps to skip: ceiling,baseline,leadpulse,scale,latency,state")
