@@ -1,11 +1,11 @@
 """Build the compiled twins of the hot modules (see rules/native.py); metadata is in pyproject.toml.
 
-Each module of ``rules/`` and ``streams/`` that ends with ``adopt(globals())`` is copied, unchanged, to ``build/native/`` with one line
-appended (the sha256 of its source), and Cython compiles the copy into
-``<package>._native_<module>``. The ``.py`` file stays the only source: a module uses its twin
-only when that twin was built from its exact current text, so a missing, failed or stale
-build costs speed, never correctness. Every twin is an optional extension: without a C
-compiler the install still succeeds and runs pure Python.
+Each module of ``rules/`` and ``streams/`` that ends with ``adopt(globals())`` is copied,
+unchanged, to ``build/native/`` with one line appended (the sha256 of its source), and
+Cython compiles the copy into ``<package>._native_<module>``. The ``.py`` file stays the
+only source: a module uses its twin only when that twin was built from its exact current
+text, so a missing, failed or stale build costs speed, never correctness. Every twin is an
+optional extension: without a C compiler the install still succeeds and runs pure Python.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ OPT_IN = b"\nadopt(globals())\n"
 def native_modules() -> list[str]:
     """Paths (relative to the project) of the modules that have a compiled twin."""
     return sorted(
-        str(path.relative_to(ROOT))
+        path.relative_to(ROOT).as_posix()
         for package in ("rules", "streams")
         for path in (ROOT / package).glob("*.py")
         if OPT_IN in path.read_bytes()

@@ -3,7 +3,8 @@
 The worker spends its time in a few pure-Python modules (the engine, the batch processor,
 the event and state codecs). ``setup.py`` compiles each of them with Cython, unchanged, into
 a twin ``<package>._native_<module>``; Cython turns the same Python into C calls, which
-takes away most of the interpreter's per-operation work (about 1.4x on the engine bench).
+takes away most of the interpreter's per-operation work (1.2-1.4x on the engine bench,
++5-10 % for the worker end to end: benchmarks/README.md).
 
 Each of those modules ends with ``adopt(globals())``. That replaces the module's functions,
 classes and constants by its twin's, but only when the twin records the sha256 of the very
