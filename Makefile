@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# The hot modules compiled by setup.py (rules/native.py): those that end with adopt(globals()).
-NATIVE_SOURCES := setup.py $(shell grep -lx 'adopt(globals())' rules/*.py streams/*.py)
+# The hot modules compiled by setup.py: those with the line adopt(globals()) (rules/native.py).
+NATIVE_SOURCES := setup.py rules/native.py $(shell grep -lx 'adopt(globals())' rules/*.py streams/*.py)
 NATIVE_STAMP   := $(VENV)/.native-stamp
 
 .PHONY: demo test bench venv clean

@@ -11,39 +11,39 @@ optional extension: without a C compiler the install still succeeds and runs pur
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
 COPIES = Path("build") / "native"
-# A module opts in with this line (the hot modules: decode, checks, dedupe, scoring, state encode);
-# the Makefile finds the same modules with the same line.
-OPT_IN = b"\nadopt(globals())\n"
 
 
-def native_modules() -> list[str]:
-    """Paths (relative to the project) of the modules that have a compiled twin."""
-    return sorted(
-        path.relative_to(ROOT).as_posix()
-        for package in ("rules", "streams")
-        for path in (ROOT / package).glob("*.py")
-        if OPT_IN in path.read_bytes()
-    )
+def _native_rules() -> ModuleType:
+    """rules/native.py, loaded by path: it decides which modules opt in and how a twin is named and
+    stamped, and needs only the standard library (the build environment has none of our dependencies)."""
+    spec = importlib.util.spec_from_file_location("_leadpulse_native_rules", ROOT / "rules" / "native.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _twin_sources() -> list[Extension]:
+    native = _native_rules()
     extensions = []
-    for relative in native_modules():
-        source = (ROOT / relative).read_bytes()
-        package, module = relative[: -len(".py")].split("/")
-        copy = COPIES / package / f"_native_{module}.py"
+    for path in native.opted_in_sources(ROOT):
+        source = path.read_bytes()
+        package, module = path.parent.name, path.stem
+        twin = f"{native.TWIN_PREFIX}{module}"
+        copy = COPIES / package / f"{twin}.py"
         copy.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(source).hexdigest()
-        text = source + f'\nNATIVE_SOURCE_SHA256 = "{digest}"\n'.encode()
+        text = source + f'\n{native.SOURCE_HASH} = "{digest}"\n'.encode()
         if not copy.exists() or copy.read_bytes() != text:  # an unchanged copy keeps Cython's cache valid
             copy.write_bytes(text)
-        extensions.append(Extension(f"{package}._native_{module}", [str(copy)], optional=True))
+        extensions.append(Extension(f"{package}.{twin}", [str(copy)], optional=True))
     return extensions
 
 

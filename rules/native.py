@@ -35,6 +35,10 @@ log = logging.getLogger("leadpulse.native")
 
 TWIN_PREFIX = "_native_"
 SOURCE_HASH = "NATIVE_SOURCE_SHA256"
+# A module opts in with this line, its last; setup.py compiles those modules (the Makefile
+# finds the same ones with ``grep -lx``, to know when to rebuild).
+OPT_IN_LINE = "adopt(globals())"
+NATIVE_PACKAGES = ("rules", "streams")
 
 _status: dict[str, str] = {}
 
@@ -70,9 +74,19 @@ def adopt(namespace: dict[str, Any]) -> None:
     _status[name] = "compiled"
 
 
+def opted_in_sources(root: Path) -> list[Path]:
+    """The modules under ``root`` that have a compiled twin: those with the opt-in line."""
+    return sorted(
+        path
+        for package in NATIVE_PACKAGES
+        for path in (root / package).glob("*.py")
+        if OPT_IN_LINE in path.read_text(encoding="utf-8").splitlines()
+    )
+
+
 def status() -> dict[str, str]:
     """Module name -> ``compiled`` or ``pure (why)``, for every module imported so far that has a twin."""
     return dict(sorted(_status.items()))
 
 
-__all__ = ["adopt", "status"]
+__all__ = ["adopt", "opted_in_sources", "status"]

@@ -17,17 +17,11 @@ import pytest
 from rules import native
 
 ROOT = Path(__file__).resolve().parents[3]
-OPT_IN_LINE = "adopt(globals())"
 
 
 def _opted_in() -> list[str]:
-    """Module names whose source ends with the opt-in line (what setup.py and the Makefile compile)."""
-    names = []
-    for package in ("rules", "streams"):
-        for path in sorted((ROOT / package).glob("*.py")):
-            if OPT_IN_LINE in path.read_text().splitlines():
-                names.append(f"{package}.{path.stem}")
-    return names
+    """Module names that have a compiled twin (what setup.py compiles)."""
+    return [f"{path.parent.name}.{path.stem}" for path in native.opted_in_sources(ROOT)]
 
 
 @pytest.fixture
