@@ -114,16 +114,11 @@ async def measure(broker: str, redis: str, partitions: int, rates: list[float], 
     turn on one stack, as before.
     """
     results: dict[str, Any] = {}
-    if shared_stack:
+    for rates_on_one_stack in [rates] if shared_stack else [[rate] for rate in rates]:
         async with _fresh_stack(broker, redis, partitions, work_dir, progress) as (stack, watch, prefix):
-            for rate in rates:
+            for rate in rates_on_one_stack:
                 results[str(int(rate))] = await _measure_rate(stack, watch, prefix, rate, duration, work_dir,
                                                               progress, settle_s)
-        return results
-    for rate in rates:
-        async with _fresh_stack(broker, redis, partitions, work_dir, progress) as (stack, watch, prefix):
-            results[str(int(rate))] = await _measure_rate(stack, watch, prefix, rate, duration, work_dir,
-                                                          progress, settle_s)
     return results
 
 
