@@ -125,6 +125,77 @@ def use_fetch_max_wait(max_wait_ms: int) -> None:
     thread_cls._create_worker_consumer = create_worker_consumer
 
 
+class LiveActivePartitions:
+    """faust's set of active partitions as aiokafka's fetcher sees it: live, and never "empty".
+
+    aiokafka's ``Fetcher.fetched_records(partitions, timeout)`` drains the buffered
+    records of every partition in ``partitions`` and moves their positions, but it reads
+    an empty collection as "no filter" (``if partitions and tp not in partitions``).
+    faust 0.15.3 hands it its own live set of active partitions, checked non-empty only
+    before the call; while the fetch waits (up to a second), recovery pauses the
+    changelog partitions and that set becomes empty. The wait then wakes on records of
+    the still-paused stream partitions (the seek to the committed offsets starts their
+    fetch), drains them and moves their positions past them; faust skips them as paused,
+    and its gap filling then counts them as processed. Seen here: a restarted worker
+    skipped the first ~25-450 records of each events partition after the previous
+    worker's commit and committed past them. Through this view the filter stays
+    "only what faust wants now", however the set changes during the wait.
+    """
+
+    __slots__ = ("_partitions",)
+
+    def __init__(self, partitions: set[Any]) -> None:
+        self._partitions = partitions
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._partitions
+
+    def __iter__(self) -> Any:
+        return iter(list(self._partitions))
+
+
+def use_live_active_partitions() -> None:
+    """Give aiokafka's fetcher a :class:`LiveActivePartitions` view instead of faust's set."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_cls = driver.AIOKafkaConsumerThread
+    original = getattr(thread_cls._fetch_records, "__wrapped__", thread_cls._fetch_records)
+
+    async def fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                            max_records: int | None = None) -> Any:
+        if active_partitions is not None:  # None: a client-only app, every partition
+            active_partitions = LiveActivePartitions(active_partitions)
+        return await original(self, consumer, active_partitions, timeout=timeout, max_records=max_records)
+
+    fetch_records.__wrapped__ = original  # type: ignore[attr-defined]
+    thread_cls._fetch_records = fetch_records
+
+
+def use_logged_offset_gaps() -> None:
+    """Log an error when faust finds a jump in the offsets it reads, and counts the jump as processed.
+
+    faust fills such gaps so that compacted topics and transaction markers do not hold
+    commits back. leadpulse's topics are neither, so on them a gap means records this
+    worker never processed (the fetcher race above was one); they are still counted as
+    faust does, so that records a retention policy deleted cannot stop commits forever,
+    but never silently.
+    """
+    from faust.transport.consumer import Consumer
+
+    original = getattr(Consumer._add_gap, "__wrapped__", Consumer._add_gap)
+
+    async def add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        log.error("offsets jumped on %s:%d (read %d after %d): faust counts the records between as processed, "
+                  "but they were never delivered to this worker", tp.topic, tp.partition, offset_to, offset_from - 1)
+        await original(self, tp, offset_from, offset_to)
+
+    add_gap.__wrapped__ = original  # type: ignore[attr-defined]
+    Consumer._add_gap = add_gap
+
+
 async def _seek_uncommitted_to_earliest(consumer: Any, partitions: set[Any]) -> None:
     """Put partitions the group never committed back at their first offset.
 
@@ -297,6 +368,8 @@ class ScoreApp:
         use_fetch_max_wait(config.fetch_max_wait_ms)
         use_seek_before_resume()
         use_flush_in_wait_empty()
+        use_live_active_partitions()
+        use_logged_offset_gaps()
         brokers = [f"kafka://{host.strip()}" for host in config.broker_url.split(",") if host.strip()]
         self.app = faust.App(
             config.app_id,

@@ -102,6 +102,10 @@ def make_workers(make_settings, services, tmp_path):
     yield build
     for workers in started:
         workers.stop_all()
+    # A jump in the offsets a worker read means records it never processed (streams.app logs it).
+    jumps = [line for log in tmp_path.glob("*.log") for line in log.read_text(errors="replace").splitlines()
+             if "offsets jumped" in line]
+    assert jumps == [], jumps
 
 
 # ---------------------------------------------------------------------------- traffic
