@@ -55,6 +55,11 @@ class Metrics:
             "leadpulse_consumer_lag", "Records behind the end of the events topic", ["partition"], registry=r
         )
         self.contacts = Gauge("leadpulse_contacts", "Contacts held by this worker", registry=r)
+        self.offset_gaps = Counter(
+            "leadpulse_consumer_offset_gaps_total",
+            "Jumps in the offsets a worker read: records counted as processed that were never delivered to it",
+            registry=r,
+        )
         self.checkpoint_duration = Histogram(
             "leadpulse_checkpoint_duration_seconds",
             "Time to write the dirty contacts of one checkpoint (read side and changelog)",

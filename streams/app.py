@@ -181,13 +181,16 @@ def use_logged_offset_gaps() -> None:
     commits back. leadpulse's topics are neither, so on them a gap means records this
     worker never processed (the fetcher race above was one); they are still counted as
     faust does, so that records a retention policy deleted cannot stop commits forever,
-    but never silently.
+    but never silently: ``app.on_offset_gap`` (if an app sets it) is called too.
     """
     from faust.transport.consumer import Consumer
 
     original = getattr(Consumer._add_gap, "__wrapped__", Consumer._add_gap)
 
     async def add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        hook = getattr(self.app, "on_offset_gap", None)
+        if hook is not None:
+            hook()
         log.error("offsets jumped on %s:%d (read %d after %d): faust counts the records between as processed, "
                   "but they were never delivered to this worker", tp.topic, tp.partition, offset_to, offset_from - 1)
         await original(self, tp, offset_from, offset_to)
@@ -410,6 +413,7 @@ class ScoreApp:
         self._write_error: BaseException | None = None
         self._last_rolling = time.monotonic()
         self.app.before_wait_empty = self.checkpoint  # type: ignore[attr-defined] - read by use_flush_in_wait_empty
+        self.app.on_offset_gap = self._count_offset_gap  # type: ignore[attr-defined] - read by use_logged_offset_gaps
         # Batches handled but not acked yet: (when they were scored, their events), oldest first.
         # An event is acked once every contact it dirtied is written (see _enqueue_write).
         self._unacked: deque[tuple[int, list[Any]]] = deque()
@@ -426,6 +430,10 @@ class ScoreApp:
         self.deliveries = dict(deliveries or {})
         for sink_name, deliver_one in self.deliveries.items():
             self.app.agent(self.triggers_topic, name=f"deliver_{sink_name}", concurrency=1)(self._deliver_with(deliver_one))
+
+    def _count_offset_gap(self) -> None:
+        if self.metrics is not None:
+            self.metrics.offset_gaps.inc()
 
     def set_model(self, model: Any) -> None:
         self.processor.model = model

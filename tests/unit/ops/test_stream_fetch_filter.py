@@ -1,4 +1,5 @@
-"""Which partitions a fetch may drain (streams.app.use_live_active_partitions).
+"""Which partitions a fetch may drain (streams.app.use_live_active_partitions), and what a
+jump in the offsets read leaves behind (use_logged_offset_gaps).
 
 These run faust's own aiokafka driver method and aiokafka's own ``Fetcher.fetched_records``
 over a real ``SubscriptionState``; only the broker side (the records a fetch response
@@ -11,14 +12,18 @@ records in while the fetch still waits.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import defaultdict
 from types import SimpleNamespace
 
 from aiokafka.consumer.fetcher import Fetcher, FetchResult
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.structs import TopicPartition
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from intervaltree import IntervalTree
 
-from streams.app import LiveActivePartitions, use_live_active_partitions
+from streams.app import LiveActivePartitions, use_live_active_partitions, use_logged_offset_gaps
 
 EVENTS = TopicPartition("leadpulse-events", 0)
 CHANGELOG = TopicPartition("leadpulse-contacts-changelog", 0)
@@ -129,3 +134,17 @@ def test_patching_twice_wraps_faust_once():
     first = AIOKafkaConsumerThread._fetch_records
     use_live_active_partitions()
     assert AIOKafkaConsumerThread._fetch_records.__wrapped__ is first.__wrapped__
+
+
+def test_a_jump_in_offsets_is_logged_and_counted_and_still_filled_as_faust_does(caplog):
+    use_logged_offset_gaps()
+    counted = []
+    consumer = SimpleNamespace(app=SimpleNamespace(on_offset_gap=lambda: counted.append(1)),
+                               _committed_offset=defaultdict(lambda: None), _gap=defaultdict(IntervalTree))
+    with caplog.at_level(logging.ERROR, logger="streams.app"):
+        asyncio.run(Consumer._add_gap(consumer, EVENTS, 515, 539))  # read 539 right after 514
+    assert counted == [1]
+    (record,) = [r for r in caplog.records if "offsets jumped" in r.getMessage()]
+    assert "leadpulse-events:0 (read 539 after 514)" in record.getMessage()
+    # Still counted as processed, as faust does, so deleted records cannot hold commits forever.
+    assert [(i.begin, i.end) for i in consumer._gap[EVENTS]] == [(515, 540)]
