@@ -175,13 +175,14 @@ def use_live_active_partitions() -> None:
 
 
 def use_logged_offset_gaps() -> None:
-    """Log an error when faust finds a jump in the offsets it reads, and counts the jump as processed.
+    """Make every jump faust finds in the offsets it reads visible: an error line and ``app.on_offset_gap``.
 
-    faust fills such gaps so that compacted topics and transaction markers do not hold
-    commits back. leadpulse's topics are neither, so on them a gap means records this
-    worker never processed (the fetcher race above was one); they are still counted as
-    faust does, so that records a retention policy deleted cannot stop commits forever,
-    but never silently: ``app.on_offset_gap`` (if an app sets it) is called too.
+    faust counts the offsets skipped by a jump as processed, so that compacted topics
+    and transaction markers do not hold commits back. leadpulse's topics are neither,
+    so on them a jump means records this worker never processed (the fetcher race above
+    was one). They are still counted as faust does, so that records a retention policy
+    deleted cannot stop commits forever, but never silently: the worker counts them in
+    ``leadpulse_consumer_offset_gaps_total`` (alert LeadpulseOffsetGap).
     """
     from faust.transport.consumer import Consumer
 
