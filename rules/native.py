@@ -54,7 +54,7 @@ def adopt(namespace: dict[str, Any]) -> None:
     source = namespace.get("__file__") or ""
     if module.startswith(TWIN_PREFIX) or not source.endswith(".py"):
         return  # this is the twin itself (or a module without a source file)
-    if os.environ.get("LEADPULSE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off():
         _status[name] = "pure (LEADPULSE_NATIVE=0)"
         return
     try:
@@ -74,6 +74,11 @@ def adopt(namespace: dict[str, Any]) -> None:
     _status[name] = "compiled"
 
 
+def switched_off() -> bool:
+    """``LEADPULSE_NATIVE`` asks for pure Python (``0``, ``false``, ``no`` or ``off``)."""
+    return os.environ.get("LEADPULSE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def opted_in_sources(root: Path) -> list[Path]:
     """The modules under ``root`` that have a compiled twin: those with the opt-in line."""
     return sorted(
@@ -89,4 +94,4 @@ def status() -> dict[str, str]:
     return dict(sorted(_status.items()))
 
 
-__all__ = ["adopt", "opted_in_sources", "status"]
+__all__ = ["adopt", "opted_in_sources", "status", "switched_off"]

@@ -41,15 +41,17 @@ def toy_package(tmp_path, monkeypatch):
             f'KIND = "twin"\n\n\ndef which():\n    return KIND\n\n\nNATIVE_SOURCE_SHA256 = "{source_hash}"\n'
         )
 
-    def load():
+    def forget() -> None:
         for name in ("toypkg.hot", "toypkg._native_hot", "toypkg"):
             sys.modules.pop(name, None)
+
+    def load():
+        forget()
         importlib.invalidate_caches()
         return importlib.import_module("toypkg.hot")
 
     yield hashlib.sha256(source.encode()).hexdigest(), add_twin, load
-    for name in ("toypkg.hot", "toypkg._native_hot", "toypkg"):
-        sys.modules.pop(name, None)
+    forget()
 
 
 def test_current_twin_replaces_the_module_names(toy_package):
@@ -86,7 +88,7 @@ def test_switch_off_keeps_pure_python(toy_package, monkeypatch):
 
 def _compiler_available() -> bool:
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    return shutil.which(cc) is not None and os.environ.get("LEADPULSE_NATIVE", "1") != "0"
+    return shutil.which(cc) is not None and not native.switched_off()
 
 
 @pytest.mark.skipif(not _compiler_available(), reason="no C compiler (or LEADPULSE_NATIVE=0): pure Python only")
