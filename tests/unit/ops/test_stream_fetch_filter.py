@@ -63,6 +63,11 @@ def consumer_at_zero() -> tuple[SimpleNamespace, SubscriptionState]:
     return SimpleNamespace(_fetcher=fetcher, _closed=False), subscriptions
 
 
+def driver_thread() -> SimpleNamespace:
+    """faust's consumer thread, as its ``_fetch_records`` reads it: the flow is running."""
+    return SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+
+
 def records_arrive(consumer: SimpleNamespace, subscriptions: SubscriptionState, tp: TopicPartition,
                    offsets: list[int]) -> None:
     """What aiokafka's fetch routine does with a response: buffer it and wake the waiting fetch."""
@@ -76,7 +81,7 @@ def records_arrive(consumer: SimpleNamespace, subscriptions: SubscriptionState, 
 async def fetch_while_recovery_ends(fetch_records) -> tuple[dict, int]:
     """Start a fetch with the changelog active, end recovery, let the events records arrive."""
     consumer, subscriptions = consumer_at_zero()
-    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    thread = driver_thread()
     active = {CHANGELOG}
     fetch = asyncio.ensure_future(fetch_records(thread, consumer, active, timeout=2.0))
     for _ in range(3):
@@ -108,7 +113,7 @@ def test_active_partitions_are_drained_through_the_view():
 
     async def run() -> tuple[dict, int]:
         consumer, subscriptions = consumer_at_zero()
-        thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+        thread = driver_thread()
         records_arrive(consumer, subscriptions, EVENTS, [0, 1])
         records_arrive(consumer, subscriptions, CHANGELOG, [0])
         drained = await AIOKafkaConsumerThread._fetch_records(thread, consumer, {EVENTS}, timeout=0)
