@@ -7,10 +7,11 @@ here, a third of the decode time and 20 % of the processor's. Contact states are
 acyclic and freed by reference counting; the cycle collector only has faust's and
 asyncio's few cycles to find, so it runs far less often.
 
-The youngest generation's threshold is above what one batch keeps alive (a batch of
-~9k events holds ~40k containers, and the cached states more): with 50,000 a young
-collection still ran about once per batch, over the batch's live events, and moved
-them to the middle generation, which then traversed them again. Measured at 500,000
+The youngest generation's threshold is well above what one batch allocates (measured on
+the bench workload: decoding 100 records of ~9k events makes ~28k containers, and the
+batch leaves ~27k more alive in the processor's cache): with 50,000 a young collection
+ran every batch or two, over the batch's live events, and moved them to the middle
+generation, which then traversed them again. Measured at 500,000
 (ABAB, 1M-event throughput step, one worker): 49,969 / 51,283 / 51,058 events/s
 against 48,762 / 45,388 / 41,417 at 50,000; the processor alone 13.8-14.9 against
 15.8-16.8 us per event; 10k/s latency (30 s) p50/p99 75.8/381 ms against 104/417.
