@@ -120,8 +120,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from math import exp
 from typing import Any
+
+try:
+    import cython  # Cython's pure-Python stand-in: only its ``compiled`` flag is read here
+except ImportError:  # pure Python without Cython installed: the branch a pure run takes anyway
+    from types import SimpleNamespace
+
+    cython = SimpleNamespace(compiled=False)
+if cython.compiled:
+    # The compiled twin calls the C library's exp directly: the very function math.exp wraps
+    # (same results bit for bit), without a module lookup, a call and a boxed float each time.
+    # Every argument here is <= 0 (decay towards a later reference), so no overflow to report.
+    from cython.cimports.libc.math import exp
+else:
+    from math import exp
 
 from rules import normalize
 from rules.model import TRACK_PLAN as _TRACK_PLAN
@@ -189,7 +202,8 @@ def _rules_decayed(b: dict[str, list], rule_k: dict[str, float], t: int) -> floa
 
 
 def _groups_decayed(g: dict[str, list], t: int) -> float:
-    total = 0.0
+    total: float = 0.0
+    value: float
     for ref, value, k in g.values():
         if value:
             if k and t > ref:
@@ -412,6 +426,31 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     The step therefore touches only what its decision needs; what is left is bounded by the
     state's shape, which the stream layer stores and this module must keep.
     """
+    # C doubles in the compiled twin (annotation_typing): the accumulator, group and score
+    # arithmetic runs there without a boxed float per operation. Every one of these values is
+    # a float already (the model's points, the stored sums), so both builds compute the same.
+    gain: float
+    fit_raw: float
+    penalty: float
+    bound: float
+    value: float
+    decayed: float
+    points: float
+    k: float
+    cap: float
+    size: float
+    new_value: float
+    old_value: float
+    factor: float
+    delta: float
+    closed: float
+    before: float
+    wsize: float
+    wdecayed: float
+    fit: float
+    beh: float
+    total: float
+    score: float
     ts = event["ts"]
     etype = event.get("type")
     plan = model.plans.get(etype, _NO_PLAN)
@@ -465,7 +504,9 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
 
     changed: dict[str, Any] = _EMPTY
     if quiet:
-        decayed = 0.0  # not needed: the rules loop below still keeps it, nothing reads it
+        # Not needed: the rules loop below still keeps ``decayed``, nothing reads these (set so that
+        # the compiled twin's C doubles are never read uninitialised, even in principle).
+        decayed = prev_decayed = prev_fit = prev_penalty = 0.0
     else:
         decayed = _groups_decayed(g, ts)  # behaviour raw points as of ts, before this event
         prev_decayed = decayed
@@ -475,7 +516,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             old_health = state["health"]
             if etype == "group":
                 # Segment group traits describe the company: file them under company.*
-                traits = {k if k.startswith("company") else f"company.{k}": v for k, v in traits.items()}
+                traits = {name if name.startswith("company") else f"company.{name}": v for name, v in traits.items()}
             changed = _merge_traits(state, traits, ts)
             if changed:
                 _recompute_profile(state, model)
