@@ -122,7 +122,7 @@ def compile_where(where: dict[str, Any]) -> Predicate | None:
     for key, spec in where.items():
         if isinstance(spec, Matcher) and spec.prefix is not None and len(where) == 1:
             # The common hot-path filter (page path prefix) gets a closure without generic dispatch.
-            return _prefix_where(key, spec.prefix)
+            return normalize.prefix_where(key, spec.prefix)
         pred = compile_matcher(spec if isinstance(spec, Matcher) else Matcher(equals=spec), _property_norm)
         checks.append((key, pred))
 
@@ -130,25 +130,12 @@ def compile_where(where: dict[str, Any]) -> Predicate | None:
         for key, pred in checks:
             value = props.get(key)
             if value is None and key == "path":
-                value = _path_from_url(props.get("url"))
+                value = normalize.url_path(props.get("url"))
             if not pred(value):
                 return False
         return True
 
     return matches
-
-
-def _prefix_where(key: str, prefix: str | list[str]) -> Predicate:
-    prefixes = tuple(p.strip().lower() for p in ([prefix] if isinstance(prefix, str) else prefix) if p.strip())
-    from_url = key == "path"
-
-    def has_prefix(props: dict[str, Any]) -> bool:
-        value = props.get(key)
-        if value is None and from_url:
-            value = _path_from_url(props.get("url"))
-        return isinstance(value, str) and value.lower().startswith(prefixes)
-
-    return has_prefix
 
 
 def _memo_str(pred: Predicate, size: int = 4096) -> Predicate:
@@ -179,17 +166,6 @@ def _memo_for(norm: Callable[[Any], Any], pred: Predicate) -> Predicate:
     so remembered answers are hardly ever asked again and only fill and clear the memo, while the
     check itself is a split and a set lookup."""
     return pred if norm is normalize.email_domain else _memo_str(pred)
-
-
-def _path_from_url(url: Any) -> str | None:
-    # Segment page calls carry both; a webhook-only source may send just the url.
-    if not isinstance(url, str):
-        return None
-    rest = url.split("://", 1)[-1]
-    slash = rest.find("/")
-    if slash < 0:
-        return "/"
-    return rest[slash:].split("?", 1)[0].split("#", 1)[0]
 
 
 class CompiledModel:

@@ -9,7 +9,7 @@ the explain output agree on it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 _NON_WORD = re.compile(r"[^\w+]+")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -81,6 +81,36 @@ def flatten(traits: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+def url_path(url: Any) -> str | None:
+    """The path of a page URL (no query, no fragment), for ``path`` filters on events that carry
+    only a url: Segment page calls carry both; a webhook-only source may send just the url."""
+    if not isinstance(url, str):
+        return None
+    rest = url.split("://", 1)[-1]
+    slash = rest.find("/")
+    if slash < 0:
+        return "/"
+    return rest[slash:].split("?", 1)[0].split("#", 1)[0]
+
+
+def prefix_where(key: str, prefix: str | list[str]) -> Callable[[dict[str, Any]], bool]:
+    """A property filter: ``props[key]`` starts with one of the prefixes, case-insensitively.
+
+    The common hot-path filter (page path prefix, e.g. careers pages), made here so that the
+    compiled twin of this module makes it a compiled closure: it runs on every page view.
+    """
+    prefixes = tuple(p.strip().lower() for p in ([prefix] if isinstance(prefix, str) else prefix) if p.strip())
+    from_url = key == "path"
+
+    def has_prefix(props: dict[str, Any]) -> bool:
+        value = props.get(key)
+        if value is None and from_url:
+            value = url_path(props.get("url"))
+        return isinstance(value, str) and value.lower().startswith(prefixes)
+
+    return has_prefix
 
 
 # Last: run the compiled twin of this module when it was built from this exact file (rules/native.py).
