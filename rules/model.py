@@ -138,34 +138,11 @@ def compile_where(where: dict[str, Any]) -> Predicate | None:
     return matches
 
 
-def _memo_str(pred: Predicate, size: int = 4096) -> Predicate:
-    """``pred`` with its answers for ``str`` values remembered (at most ``size``, then forgotten at once).
-
-    Trait predicates (text normalisation + regex, country aliases, email domains) are pure
-    functions of the value, and profiles repeat the same titles, industries and domains, so a
-    trait change re-scores the fit from a dict lookup. Only exact ``str`` values are cached: other
-    types (numbers, where 0.0 and -0.0 hash alike but print differently) always call ``pred``.
-    """
-    cache: dict[str, bool] = {}
-
-    def memo(value: Any) -> bool:
-        if type(value) is not str:
-            return pred(value)
-        hit = cache.get(value)
-        if hit is None:
-            if len(cache) >= size:
-                cache.clear()
-            hit = cache[value] = bool(pred(value))
-        return hit
-
-    return memo
-
-
 def _memo_for(norm: Callable[[Any], Any], pred: Predicate) -> Predicate:
-    """``_memo_str(pred)``, except for email-domain matchers: addresses are (nearly) one per contact,
+    """``normalize.memo_str(pred)``, except for email-domain matchers: addresses are (nearly) one per contact,
     so remembered answers are hardly ever asked again and only fill and clear the memo, while the
     check itself is a split and a set lookup."""
-    return pred if norm is normalize.email_domain else _memo_str(pred)
+    return pred if norm is normalize.email_domain else normalize.memo_str(pred)
 
 
 class CompiledModel:
@@ -261,7 +238,7 @@ class CompiledModel:
                 self.suppression_reasons.append(s.reason)
             if s.trait is not None:
                 m = Matcher(equals=s.equals) if s.equals is not None else Matcher(**{"in": s.in_})
-                self.suppress_traits.append((s.reason, s.trait, _memo_str(compile_matcher(m, normalize.text))))
+                self.suppress_traits.append((s.reason, s.trait, normalize.memo_str(compile_matcher(m, normalize.text))))
             else:
                 suppress_events.setdefault(s.event, []).append((s.reason, compile_where(s.where)))
 

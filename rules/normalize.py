@@ -83,6 +83,30 @@ def flatten(traits: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def memo_str(pred: Callable[[Any], Any], size: int = 4096) -> Callable[[Any], bool]:
+    """``pred`` with its answers for ``str`` values remembered (at most ``size``, then forgotten at once).
+
+    Trait predicates (text normalisation + regex, country aliases, email domains) are pure
+    functions of the value, and profiles repeat the same titles, industries and domains, so a
+    trait change re-scores the fit from a dict lookup. Only exact ``str`` values are cached: other
+    types (numbers, where 0.0 and -0.0 hash alike but print differently) always call ``pred``.
+    Made here so that the compiled twin of this module makes the wrapper a compiled closure: a
+    profile re-score calls it for every fit option it tries.
+    """
+    cache: dict[str, bool] = {}
+
+    def memo(value: Any) -> bool:
+        if type(value) is not str:
+            return pred(value)
+        hit = cache.get(value)
+        if hit is None:
+            if len(cache) >= size:
+                cache.clear()
+            hit = cache[value] = bool(pred(value))
+        return hit
+
+    return memo
+
 def url_path(url: Any) -> str | None:
     """The path of a page URL (no query, no fragment), for ``path`` filters on events that carry
     only a url: Segment page calls carry both; a webhook-only source may send just the url."""
