@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += _result_rows(f"worker, batches of {args.batch:,}", best, gen_s)
     rows += [
         ("python", sys.version.split()[0]),
-        ("rules.engine runs", status().get("rules.engine", "pure")),  # compiled twin or not (rules/native.py)
+        # compiled twins or not (rules/native.py): the engine, and the model's predicates it calls
+        *((f"{name} runs", status().get(name, "pure")) for name in ("rules.engine", "rules.model", "rules.normalize")),
     ]
     if args.check:
         if not encoded:

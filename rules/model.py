@@ -334,3 +334,10 @@ def load_model(path: str | Path) -> CompiledModel:
 def default_model() -> CompiledModel:
     """The model shipped in rules/models/default.yaml (compiled once per process)."""
     return load_model(DEFAULT_MODEL_PATH)
+
+
+# Last: run the compiled twin of this module when it was built from this exact file (rules/native.py):
+# the predicates it builds (trait matchers, property filters) run on every profile re-score.
+from rules.native import adopt  # noqa: E402
+
+adopt(globals())
