@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     dedupe_window: Duration = Field(7 * 86_400_000, description="how long event ids are remembered for dedupe")
     session_timeout: Duration = Field(6_000, description="consumer group session timeout")
     worker_instance_id: str = Field("", description="static group membership id of this worker (a restart reclaims its partitions at once)")
+    standby_replicas: int = Field(0, ge=0, le=8, description="standby copies of each contacts-table partition kept by other workers (faster takeover, but every worker also reads the others' changelogs)")
     bot_user_agents: str = Field("", description="regex of user agents counted as bots (empty: the built-in list)")
     scanner_click_window: Duration = Field(5_000, description="a click this soon after delivery is a link scanner")
     scanner_burst: int = Field(4, ge=2, description="this many clicks within 2 s by one contact is a link scanner")
