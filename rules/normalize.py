@@ -1,4 +1,5 @@
-"""Value normalisation for trait and property matching (text, numbers, countries, email domains).
+"""Value normalisation for trait and property matching (text, numbers, countries, email domains),
+and the predicate builders the model compiler needs on the hot path (the str memo, path prefixes).
 
 Marketing data is messy: "Prof.", "PROFESSOR of Psychology", "United Kingdom", "uk",
 "1,000+" and "Jane@Example.COM" must all match the rules a person wrote. Everything that
@@ -106,6 +107,7 @@ def memo_str(pred: Callable[[Any], Any], size: int = 4096) -> Callable[[Any], bo
         return hit
 
     return memo
+
 
 def url_path(url: Any) -> str | None:
     """The path of a page URL (no query, no fragment), for ``path`` filters on events that carry
