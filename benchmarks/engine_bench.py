@@ -49,6 +49,7 @@ from ops.gc_policy import tune_garbage_collector
 from rules import default_model, load_model
 from rules.engine import apply_event, new_state
 from rules.native import status
+from streams.events import contact_key
 
 DAY = 86_400_000
 _CHUNK = 1024
@@ -200,7 +201,7 @@ def _run_worker_order(encoded: list[bytes], batch: int, model: Any) -> Run:
             if event["id"] in seen:  # a duplicate: the worker's dedupe drops it before scoring
                 continue
             seen.add(event["id"])
-            key = event["contact_id"] or f"anon:{event['anonymous_id']}"
+            key = contact_key(event)
             by_contact.setdefault(key, []).append((event["ts"], position, event))
         work = []
         for key, items in by_contact.items():

@@ -8,6 +8,7 @@ import pytest
 from benchmarks import engine_bench
 from benchmarks.workload import WorkloadSpec, generate
 from rules import default_model
+from streams.events import contact_key
 
 
 def _recorded_run(monkeypatch, encoded: list[bytes], batch: int) -> tuple[engine_bench.Run, list[tuple[str, int, str]]]:
@@ -29,7 +30,7 @@ def test_worker_order_applies_each_distinct_event_once(monkeypatch) -> None:
     distinct = {e["id"] for e in workload.events}
     assert run.applied == len(calls) == len(distinct)
     assert {event_id for _, _, event_id in calls} == distinct
-    assert set(run.states) == {e["contact_id"] or f"anon:{e['anonymous_id']}" for e in workload.events}
+    assert set(run.states) == {contact_key(e) for e in workload.events}
 
 
 def test_worker_order_applies_a_contacts_events_together_in_event_time(monkeypatch) -> None:
