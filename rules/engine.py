@@ -673,16 +673,24 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             score = 0.0
         elif total > 100.0:
             score = 100.0
+        elif (
+            disarmed and not (routes or sticky or changed or etype == "sales_feedback")
+            and _thresholds_stay(model, disarmed, total, prev_fit, prev_decayed, prev_penalty)
+        ):
+            # The common step of a contact that already fired (e.g. an MQL reading a page): only
+            # thresholds could decide, and none moves, so there is nothing for _decide to do.
+            score = -1.0
         elif disarmed or routes or total >= model.quiet_below:
             score = round(total, 2)
         else:
             # Rounding moves a score by at most 0.005: below quiet_below no threshold can fire and
             # none is disarmed, so the rounded score is only needed if a trigger fires below.
             score = -1.0
-        score = _decide(
-            state, model, etype, props, ts, score, total, changed, sticky, routes, disarmed,
-            prev_fit, prev_decayed, prev_penalty, old_health if changed else None, decisions,
-        )
+        if score >= 0.0 or routes or sticky or changed or etype == "sales_feedback":
+            score = _decide(
+                state, model, etype, props, ts, score, total, changed, sticky, routes, disarmed,
+                prev_fit, prev_decayed, prev_penalty, old_health if changed else None, decisions,
+            )
     else:
         score = -1.0
 
@@ -697,6 +705,37 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     if ts > state["updated_at"]:
         state["updated_at"] = ts
     return decisions
+
+
+def _thresholds_stay(
+    model: CompiledModel, disarmed: dict[str, int], total: float, prev_fit: float, prev_decayed: float,
+    prev_penalty: float,
+) -> bool:
+    """True when :func:`_decide` would leave every threshold as it is: each disarmed one stays
+    disarmed (this and the previous score at or above its re-arm level) and no armed one can
+    fire (this score below its level). ``total`` is the unclipped-at-the-ends score, 0-100, not
+    rounded; rounding moves a score by at most 0.005, so each comparison keeps a 0.01 margin and
+    a closer call returns False (then _decide decides it on the rounded scores)."""
+    previous: float = -1.0
+    pf: float
+    pb: float
+    for ttype, level, rearm, _, _, _ in model.thresholds:
+        if ttype in disarmed:
+            if total < rearm + 0.01:
+                return False
+            if previous < 0.0:  # the previous score, as _decide computes it before rounding
+                pf = prev_fit * model.fit_scale
+                if pf > model.fit_max:
+                    pf = model.fit_max
+                pb = (prev_decayed + prev_penalty) * model.beh_scale
+                if pb > model.beh_max:
+                    pb = model.beh_max
+                previous = pf + pb
+            if not (rearm + 0.01 <= previous <= 100.0):
+                return False
+        elif not (0.0 <= total <= level - 0.01):
+            return False
+    return True
 
 
 def _decide(

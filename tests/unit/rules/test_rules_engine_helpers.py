@@ -6,6 +6,8 @@
 * The quiet-step bound in ``apply_event`` only skips work that decides nothing: with the bound
   disabled (``quiet_below = -inf`` makes every step exact) the states and triggers are bit-for-bit
   the same.
+* ``_thresholds_stay`` (a disarmed contact's step that moves no threshold skips ``_decide``) says
+  yes only when ``_decide`` would fire nothing and re-arm nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules import default_model, normalize
-from rules.engine import _flat, _term, apply_event, contributions, new_state, top_reasons
+from rules.engine import _decide, _flat, _term, _thresholds_stay, apply_event, contributions, new_state, top_reasons
 
 M = default_model()
 EXACT = copy.copy(M)
@@ -120,3 +122,51 @@ def test_flat_is_flatten(t):
     assert list(flat.items()) == list(normalize.flatten(t).items())
     if all(not (isinstance(v, dict) and v) for v in t.values()):
         assert flat is t
+
+
+# --- _thresholds_stay: the shortcut for a disarmed contact's step that decides nothing ----------
+
+# Mostly the edges the 0.01 margins guard: each level and re-arm level, give or take two rounding steps.
+near = st.one_of(
+    st.floats(0.0, 100.0),
+    st.tuples(st.sampled_from([80.0, 70.0, 51.0, 41.0]), st.integers(-200, 200)).map(lambda p: p[0] + p[1] * 1e-4),
+    st.tuples(st.sampled_from([80.0, 70.0, 51.0, 41.0]), st.floats(-0.02, 0.02)).map(lambda p: p[0] + p[1]),
+)
+
+
+def _decide_leaves_thresholds(disarmed_types, total, prev_fit, prev_decayed, prev_penalty):
+    """What _decide (the reference) does to the thresholds of a plain step: fired triggers and the disarmed map."""
+    state = new_state("c1")
+    state["disarmed"] = {t: T0 for t in disarmed_types}
+    state["lead_state"] = "mql" if "mql" in disarmed_types else "nurture"
+    before = dict(state["disarmed"])
+    decisions = []
+    _decide(state, M, "page_view", {}, T0 + DAY, round(total, 2), total, {}, None, None, state["disarmed"],
+            prev_fit, prev_decayed, prev_penalty, None, decisions)
+    return decisions == [] and state["disarmed"] == before
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    disarmed_types=st.sets(st.sampled_from(["mql", "hot_lead"]), min_size=1),
+    total=near,
+    prev_total=near,
+    prev_fit=st.floats(0.0, 80.0),
+)
+def test_thresholds_stay_only_when_decide_changes_nothing(disarmed_types, total, prev_total, prev_fit):
+    # Previous score = prev_fit on the fit scale (clipped at fit_max) + behaviour making up prev_total.
+    fit_part = min(M.fit_max, prev_fit * M.fit_scale)
+    prev_decayed = (prev_total - fit_part) / M.beh_scale
+    disarmed = {t: T0 for t in disarmed_types}
+    if _thresholds_stay(M, disarmed, total, prev_fit, prev_decayed, 0.0):
+        assert _decide_leaves_thresholds(disarmed_types, total, prev_fit, prev_decayed, 0.0)
+
+
+def test_thresholds_stay_answers_both_ways():
+    both = {"mql": T0, "hot_lead": T0}
+    mid_fit, mid_beh = 60.0, 50.0  # 30 + 30 = 60 on the 0-100 scale
+    assert _thresholds_stay(M, both, 75.0, 80.0, 80.0, 0.0)  # 40 + 48 = 88 before, 75 now: both stay disarmed
+    assert not _thresholds_stay(M, both, 69.995, 80.0, 80.0, 0.0)  # within the margin of re-arming mql: _decide decides
+    assert not _thresholds_stay(M, {"hot_lead": T0}, 79.995, 80.0, 80.0, 0.0)  # mql is armed and may fire
+    assert _thresholds_stay(M, {"hot_lead": T0}, 60.0, mid_fit, mid_beh, 0.0)
+    assert not _thresholds_stay(M, {"hot_lead": T0}, 60.0, 0.0, 10.0, 0.0)  # previous 6: hot_lead re-arms
