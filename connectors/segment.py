@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.types import BadInput
+from streams.events import LATEST_TS_MS
 
 CALL_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 SHORT_PATHS = {"t": "track", "p": "page", "s": "screen", "i": "identify", "a": "alias", "g": "group", "b": "batch"}
@@ -45,8 +46,8 @@ MAX_ID_LENGTH = 200
 MAX_BATCH_CALLS = 2500
 # Deepest nesting accepted in one call (orjson parses 1024 levels but writes only ~250).
 MAX_DEPTH = 32
-# Latest event time accepted after skew correction (year 9999 fits JSON's safe integers).
-MAX_TS_MS = 253_402_300_799_999
+# Latest event time accepted after skew correction: the worker's bound (year 9999, within JSON's safe integers).
+MAX_TS_MS = LATEST_TS_MS
 
 
 class SegmentCall(BaseModel):

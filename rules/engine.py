@@ -452,6 +452,19 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     beh: float
     total: float
     score: float
+    # Event times as C 64-bit ints in the twin: the decay arguments and cap-window indices are
+    # computed without a Python int per operation (exact, like Python ints, for any epoch-ms time:
+    # event_problem bounds ts; int-to-double conversions are exact below 2**53, so the same floats).
+    ts: cython.longlong
+    old_ref: cython.longlong
+    new_ref: cython.longlong
+    group_ref: cython.longlong
+    window: cython.longlong
+    first_open: cython.longlong
+    idx: cython.longlong
+    oldest: cython.longlong
+    newest: cython.longlong
+    lateness: cython.longlong
     ts = event["ts"]
     etype = event.get("type")
     plan = model.plans.get(etype, _NO_PLAN)
@@ -567,9 +580,14 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                         if closed:  # 0.0 * factor is 0.0
                             closed *= factor
                         for w in windows:
-                            w[2] *= factor
-                    first_open = (new_ref - model.lateness) // window
-                    while windows and windows[0][0] < first_open:  # sorted: the oldest first
+                            wdecayed = w[2]
+                            w[2] = wdecayed * factor
+                    lateness = model.lateness
+                    first_open = (new_ref - lateness) // window
+                    while windows:  # sorted: the oldest first
+                        oldest = windows[0][0]
+                        if oldest >= first_open:
+                            break
                         _, wsize, wdecayed = windows.pop(0)
                         closed += wdecayed if wsize <= cap else wdecayed * cap / wsize
                     idx = ts // window
@@ -577,11 +595,14 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                         entry[5] += 1
                         new_value = closed + sum(_capped(w[1], w[2], cap) for w in windows)
                     else:
-                        if windows and windows[-1][0] == idx:  # the common case: the newest window
-                            w = windows[-1]
-                            w[1] += size
-                            w[2] += delta
-                        elif not windows or windows[-1][0] < idx:
+                        w = windows[-1] if windows else None
+                        newest = w[0] if w is not None else idx - 1
+                        if newest == idx:  # the common case: the newest window
+                            wsize = w[1]
+                            wdecayed = w[2]
+                            w[1] = wsize + size
+                            w[2] = wdecayed + delta
+                        elif newest < idx:
                             windows.append([idx, size, delta])
                         else:
                             for pos, w in enumerate(windows):

@@ -52,6 +52,11 @@ def contact_key(event: dict[str, Any]) -> str:
     return ANONYMOUS_PREFIX + str(event.get("anonymous_id"))
 
 
+# The latest event time an event may carry: the end of the year 9999, the latest any connector
+# accepts. It also keeps every time within the engine's 64-bit arithmetic (rules/engine.py).
+LATEST_TS_MS = 253_402_300_799_999
+
+
 def event_problem(event: Any) -> str | None:
     """Return why ``event`` is not a usable normalised event, or ``None`` when it is."""
     # Runs on every event: exact type checks (orjson yields exact types, and ``bool`` must
@@ -66,8 +71,8 @@ def event_problem(event: Any) -> str | None:
     if not event.get("contact_id") and not event.get("anonymous_id"):
         return "contact_id/anonymous_id: one of them is required"
     ts = event.get("ts")
-    if type(ts) is not int or ts <= 0:
-        return "ts: missing or not epoch milliseconds"
+    if type(ts) is not int or not 0 < ts <= LATEST_TS_MS:
+        return "ts: missing or not epoch milliseconds (up to the year 9999)"
     traits = event.get("traits")
     if traits is not None and type(traits) is not dict:
         return "traits: must be an object"

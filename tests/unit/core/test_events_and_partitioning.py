@@ -38,6 +38,9 @@ def test_envelope_round_trip_and_single_event():
         ({"contact_id": None}, "contact_id/anonymous_id"),
         ({"ts": "yesterday"}, "ts"),
         ({"ts": True}, "ts"),
+        ({"ts": 0}, "ts"),
+        ({"ts": 253_402_300_800_000}, "ts"),  # the year 10000: beyond the engine's bound
+        ({"ts": 2**64}, "ts"),
         ({"properties": [1]}, "properties"),
     ],
 )
