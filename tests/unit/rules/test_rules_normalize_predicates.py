@@ -49,3 +49,16 @@ def test_prefix_filter_on_another_property_never_reads_the_url() -> None:
     campaign = normalize.prefix_where("campaign", "spring")
     assert campaign({"campaign": "Spring-2026"})
     assert not campaign({"url": "https://example.com/spring"})
+
+
+def test_prefix_filter_answers_the_same_from_its_memory() -> None:
+    careers = normalize.prefix_where("path", "/careers")
+    paths = ["/careers", "/Careers/x", "/pricing", "/careers", "/pricing"] + [f"/p{i}" for i in range(5000)]
+    first = [careers({"path": p}) for p in paths]
+    again = [careers({"path": p}) for p in paths]  # remembered, then forgotten past 4,096 paths
+    assert first == again == [p.lower().startswith("/careers") for p in paths]
+
+    class Path(str):
+        pass
+
+    assert careers({"path": Path("/careers/y")}) and not careers({"path": Path("/jobs")})  # not remembered
