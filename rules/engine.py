@@ -466,6 +466,9 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     newest: cython.longlong
     lateness: cython.longlong
     late_sum: float
+    fit_scale: float
+    beh_scale: float
+    quiet_below: float
     ts = event["ts"]
     etype = event.get("type")
     plans: dict = model.plans
@@ -491,6 +494,10 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     else:
         early = None
     g: dict = state["g"]
+    # The model's scale constants, read once (each read is an attribute lookup).
+    fit_scale = model.fit_scale
+    beh_scale = model.beh_scale
+    quiet_below = model.quiet_below
     fit_raw = state["fit"]
     penalty = state["penalty"]
     disarmed = state["disarmed"]
@@ -516,7 +523,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             elif value < -1e6:
                 bound = _INF
                 break
-        quiet = fit_raw * model.fit_scale + (bound + penalty) * model.beh_scale < model.quiet_below - 1e-6
+        quiet = fit_raw * fit_scale + (bound + penalty) * beh_scale < quiet_below - 1e-6
 
     changed: dict[str, Any] = _EMPTY
     if quiet:
@@ -540,6 +547,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 penalty = state["penalty"]
 
     props = event.get("properties") or _EMPTY  # for ``where`` filters
+    lateness = -1  # read from the model at the first capped rule
     if rules:
         b: dict = state["b"]
         for rid, points, k, cap, window, where, gkey, size in rules:
@@ -584,7 +592,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                         for w in windows:
                             wdecayed = w[2]
                             w[2] = wdecayed * factor
-                    lateness = model.lateness
+                    if lateness < 0:
+                        lateness = model.lateness
                     first_open = (new_ref - lateness) // window
                     while windows:  # sorted: the oldest first
                         oldest = windows[0][0]
@@ -688,12 +697,12 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     # decision block has nothing to do and the score is computed only if the settle needs it.
     if (
         disarmed or routes or sticky or changed or etype == "sales_feedback"
-        or fit_raw * model.fit_scale + (decayed + penalty) * model.beh_scale >= model.quiet_below
+        or fit_raw * fit_scale + (decayed + penalty) * beh_scale >= quiet_below
     ):
-        fit = fit_raw * model.fit_scale
+        fit = fit_raw * fit_scale
         if fit > model.fit_max:
             fit = model.fit_max
-        beh = (decayed + penalty) * model.beh_scale
+        beh = (decayed + penalty) * beh_scale
         if beh > model.beh_max:
             beh = model.beh_max
         total = fit + beh
@@ -708,7 +717,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             # The common step of a contact that already fired (e.g. an MQL reading a page): only
             # thresholds could decide, and none moves, so there is nothing for _decide to do.
             score = -1.0
-        elif disarmed or routes or total >= model.quiet_below:
+        elif disarmed or routes or total >= quiet_below:
             score = round(total, 2)
         else:
             # Rounding moves a score by at most 0.005: below quiet_below no threshold can fire and
