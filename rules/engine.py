@@ -469,7 +469,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     fit_scale: float
     beh_scale: float
     quiet_below: float
-    ts = event["ts"]
+    stamp = event["ts"]  # the event's own int object: stored as is, so a step boxes no new int for it
+    ts = stamp
     etype = event.get("type")
     plans: dict = model.plans
     plan = plans.get(etype, _NO_PLAN)
@@ -558,10 +559,10 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 fresh = True
                 if not cap:
                     new_value = float(points)
-                    b[rid] = [ts, new_value, 0.0, 1, None, 0]
+                    b[rid] = [stamp, new_value, 0.0, 1, None, 0]
                 else:
                     new_value = points if size <= cap else points * cap / size
-                    b[rid] = [ts, new_value, 0.0, 1, [[ts // window, size, float(points)]], 0]
+                    b[rid] = [stamp, new_value, 0.0, 1, [[ts // window, size, float(points)]], 0]
                 old_value = 0.0
                 old_ref = new_ref = ts
                 factor = 1.0
@@ -578,7 +579,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                     delta = points * exp((ts - old_ref) * k) if (k and ts < old_ref) else points
                 if not cap:
                     new_value = old_value * factor + delta
-                    entry[0] = new_ref
+                    if new_ref != old_ref:  # moved to ts
+                        entry[0] = stamp
                     entry[1] = new_value
                     entry[3] = count + 1
                 else:
@@ -632,7 +634,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                         new_value = closed
                         for _, wsize, wdecayed in windows:
                             new_value += wdecayed if wsize <= cap else wdecayed * cap / wsize
-                    entry[0] = new_ref
+                    if new_ref != old_ref:  # moved to ts
+                        entry[0] = stamp
                     entry[1] = new_value
                     entry[2] = closed
                     entry[3] = count + 1
@@ -656,7 +659,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                         value -= old_value * factor  # factor = exp((old_ref - ts) * k) from the update above
                     else:
                         value -= old_value
-                grp[0] = ts
+                grp[0] = stamp
             elif k:
                 if ts > group_ref:
                     before = value * exp((group_ref - ts) * k)
@@ -687,7 +690,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
 
     if quiet:
         if ts > state["updated_at"]:
-            state["updated_at"] = ts
+            state["updated_at"] = stamp
         return []
 
     decisions: list[dict[str, Any]] = [early] if early is not None else []
@@ -740,7 +743,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
         _settle_lifecycle(state, model, ts, score, decisions)
 
     if ts > state["updated_at"]:
-        state["updated_at"] = ts
+        state["updated_at"] = stamp
     return decisions
 
 
