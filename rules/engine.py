@@ -568,7 +568,11 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 factor = 1.0
             else:  # an existing accumulator: decay it to the later reference time, add the event
                 fresh = False
-                old_ref, old_value, closed, count, windows, _ = entry
+                # Read only what this rule's update needs: each item is a separate object, and a
+                # cold one costs a cache miss even when merely unpacked (the unpack counts a reference).
+                old_ref = entry[0]
+                old_value = entry[1]
+                count = entry[3]
                 if ts > old_ref:
                     factor = exp((old_ref - ts) * k) if k else 1.0
                     new_ref = ts
@@ -588,9 +592,13 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                     # the windows that can no longer receive events, add the event to its window
                     # and re-apply the caps. Window i is closed once (i + 1) * window + lateness <=
                     # new_ref, i.e. i < first_open (integer floor division, exact).
+                    closed = entry[2]
+                    windows = entry[4]
+                    closed_moved = False
                     if factor != 1.0:
                         if closed:  # 0.0 * factor is 0.0
                             closed *= factor
+                            closed_moved = True
                         for w in windows:
                             wdecayed = w[2]
                             w[2] = wdecayed * factor
@@ -603,6 +611,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                             break
                         _, wsize, wdecayed = windows.pop(0)
                         closed += wdecayed if wsize <= cap else wdecayed * cap / wsize
+                        closed_moved = True
                     idx = ts // window
                     if idx < first_open:  # too late for a closed window: documented to count 0
                         entry[5] += 1
@@ -632,12 +641,15 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                                     windows.insert(pos, [idx, size, delta])
                                     break
                         new_value = closed
-                        for _, wsize, wdecayed in windows:
+                        for w in windows:
+                            wsize = w[1]
+                            wdecayed = w[2]
                             new_value += wdecayed if wsize <= cap else wdecayed * cap / wsize
                     if new_ref != old_ref:  # moved to ts
                         entry[0] = stamp
                     entry[1] = new_value
-                    entry[2] = closed
+                    if closed_moved:
+                        entry[2] = closed
                     entry[3] = count + 1
 
             # The rule's decay group: move its sum to the new reference, swap the rule's old value
@@ -647,7 +659,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
                 g[gkey] = [new_ref, new_value, k]
                 decayed += new_value
                 continue
-            group_ref, value, _ = grp
+            group_ref = grp[0]
+            value = grp[1]
             if k and new_ref == ts and ts > group_ref:
                 # The common case: the event is the newest of its group and moves it to ts. When the
                 # rule was the group's newest before (old_ref == group_ref, so it was not fresh and
