@@ -423,9 +423,11 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     Where the time goes (compiled twin): mostly memory. A step on an event no rule scores took
     ~530 ns on one state over and over, but 2.2-3.0 us on the engine bench's 50k states, where
     each state object the step touches (state dict, group and accumulator lists, window lists,
-    their floats) is a cache miss. The step therefore touches only what its decision needs;
-    what is left is bounded by the state's shape, which the stream layer stores and this
-    module must keep (benchmarks/README.md has the figures).
+    their floats) is a cache miss. The step therefore touches only what its decision needs
+    (it indexes lists rather than unpacking them: an unpacked item is touched too); what is
+    left is bounded by the state's shape, which the stream layer stores and this module must
+    keep. A disarmed contact's step that moves no threshold (``_thresholds_stay``) skips the
+    rounding and ``_decide``. benchmarks/README.md has the figures.
     """
     # C doubles in the compiled twin (annotation_typing): the accumulator, group and score
     # arithmetic runs there without a boxed float per operation. Every one of these values is
