@@ -127,7 +127,7 @@ try:
 except ImportError:  # pure Python without Cython installed: the branch a pure run takes anyway
     from types import SimpleNamespace
 
-    cython = SimpleNamespace(compiled=False)
+    cython = SimpleNamespace(compiled=False, cfunc=lambda function: function)
 if cython.compiled:
     # The compiled twin calls the C library's exp directly: the very function math.exp wraps
     # (same results bit for bit), without a module lookup, a call and a boxed float each time.
@@ -242,6 +242,18 @@ def _new_entry(ts: int, points: float, cap: float, window: int) -> list:
         return [ts, float(points), 0.0, 1, None, 0]
     size = points if points > 0 else -points
     return [ts, points if size <= cap else points * cap / size, 0.0, 1, [[ts // window, size, float(points)]], 0]
+
+
+@cython.cfunc
+def _unrounded_score(fit_raw: float, beh_raw: float, model: CompiledModel) -> float:
+    """:func:`_score` before its clip at 0 and 100 and its rounding (a C function in the twin)."""
+    fit: float = fit_raw * model.fit_scale
+    if fit > model.fit_max:
+        fit = model.fit_max
+    beh: float = beh_raw * model.beh_scale
+    if beh > model.beh_max:
+        beh = model.beh_max
+    return fit + beh
 
 
 def _score(fit_raw: float, beh_raw: float, model: CompiledModel) -> float:
@@ -772,20 +784,12 @@ def _thresholds_stay(
     rounded; rounding moves a score by at most 0.005, so each comparison keeps a 0.01 margin and
     a closer call returns False (then _decide decides it on the rounded scores)."""
     previous: float = -1.0
-    pf: float
-    pb: float
     for ttype, level, rearm, _, _, _ in model.thresholds:
         if ttype in disarmed:
             if total < rearm + 0.01:
                 return False
             if previous < 0.0:  # the previous score, as _decide computes it before rounding
-                pf = prev_fit * model.fit_scale
-                if pf > model.fit_max:
-                    pf = model.fit_max
-                pb = (prev_decayed + prev_penalty) * model.beh_scale
-                if pb > model.beh_max:
-                    pb = model.beh_max
-                previous = pf + pb
+                previous = _unrounded_score(prev_fit, prev_decayed + prev_penalty, model)
             if not (rearm + 0.01 <= previous <= 100.0):
                 return False
         elif not (0.0 <= total <= level - 0.01):
@@ -850,13 +854,7 @@ def _decide(
                     if previous < 0.0:
                         # The common case of a disarmed contact staying above rearm: decided on the
                         # unrounded previous score when rounding (<= 0.005) cannot change the answer.
-                        pf = prev_fit * model.fit_scale
-                        if pf > model.fit_max:
-                            pf = model.fit_max
-                        pb = (prev_decayed + prev_penalty) * model.beh_scale
-                        if pb > model.beh_max:
-                            pb = model.beh_max
-                        if rearm + 0.01 <= pf + pb <= 100.0:
+                        if rearm + 0.01 <= _unrounded_score(prev_fit, prev_decayed + prev_penalty, model) <= 100.0:
                             continue
                         previous = _score(prev_fit, prev_decayed + prev_penalty, model)
                     if previous >= rearm:

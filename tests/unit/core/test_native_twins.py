@@ -114,3 +114,38 @@ def test_pure_python_gives_the_pinned_results():
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+_ENGINE_DIGEST = """
+import hashlib, orjson
+from benchmarks.engine_bench import generate
+from rules import default_model
+from rules.engine import apply_event, new_state
+model, states, digest = default_model(), {}, hashlib.sha256()
+for event in generate(3000, 40, 7):
+    state = states.setdefault(event["contact_id"], new_state(event["contact_id"]))
+    digest.update(orjson.dumps(apply_event(state, event, model)))
+for state in states.values():
+    digest.update(orjson.dumps(state))
+print(digest.hexdigest())
+"""
+
+_WITHOUT_CYTHON = """
+import sys
+class _NoCython:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("cython", "Cython"):
+            raise ImportError("Cython is not installed (blocked by the test)")
+sys.meta_path.insert(0, _NoCython())
+"""
+
+
+def test_engine_runs_without_cython_installed_with_the_same_results():
+    """rules/engine.py uses Cython's pure-Python names (cython.compiled, cython.cfunc) with a fallback
+    for a pure install without Cython; that run gives what this process (compiled twin when built) gives."""
+    here = subprocess.run([sys.executable, "-c", _ENGINE_DIGEST], cwd=ROOT, capture_output=True, text=True, check=True)
+    env = dict(os.environ, LEADPULSE_NATIVE="0")
+    bare = subprocess.run([sys.executable, "-c", _WITHOUT_CYTHON + _ENGINE_DIGEST], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert bare.stdout.strip() == here.stdout.strip() != ""
