@@ -123,11 +123,9 @@ import json
 from typing import Any
 
 try:
-    import cython  # Cython's pure-Python stand-in: only its ``compiled`` flag is read here
+    import cython  # Cython's pure-Python stand-in: its ``compiled`` flag and ``cfunc`` decorator
 except ImportError:  # pure Python without Cython installed: the branch a pure run takes anyway
-    from types import SimpleNamespace
-
-    cython = SimpleNamespace(compiled=False, cfunc=lambda function: function)
+    from rules.native import NO_CYTHON as cython
 if cython.compiled:
     # The compiled twin calls the C library's exp directly: the very function math.exp wraps
     # (same results bit for bit), without a module lookup, a call and a boxed float each time.

@@ -29,6 +29,7 @@ import importlib
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 log = logging.getLogger("leadpulse.native")
@@ -41,6 +42,11 @@ OPT_IN_LINE = "adopt(globals())"
 NATIVE_PACKAGES = ("rules", "streams")
 
 _status: dict[str, str] = {}
+
+# What a hot module needs of Cython's pure-Python names when Cython is not installed at all (a
+# pure install): not compiled, and ``cython.cfunc`` leaves a function as it is. Kept here, in a
+# module that is never compiled, so that the twins carry no unused fallback code.
+NO_CYTHON = SimpleNamespace(compiled=False, cfunc=lambda function: function)
 
 
 def adopt(namespace: dict[str, Any]) -> None:
