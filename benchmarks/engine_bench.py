@@ -26,8 +26,8 @@ It measures the engine as the worker runs it: the compiled twin when it is built
 (rules/native.py), pure Python otherwise or with ``LEADPULSE_NATIVE=0``; the last row says which.
 
 ``--check`` adds an untimed pass over fresh states (uniform order) and prints SHA-256 digests
-of every trigger and of the final states as the worker stores them (orjson), so a change made
-for speed can be shown to give bit-for-bit the same results on the whole workload.
+of every trigger and of the final states as the worker stores them (orjson, keys sorted), so a
+change made for speed can be shown to give bit-for-bit the same results on the whole workload.
 """
 
 from __future__ import annotations
@@ -235,15 +235,15 @@ def _result_rows(order: str, run: Run, gen_s: float) -> list[tuple[str, str]]:
 
 
 def _digests(encoded: list[bytes], contacts: int, model: Any) -> list[tuple[str, str]]:
-    """Digests of the triggers (in event order) and of the final orjson states (in contact order)."""
+    """Digests of the triggers (in event order) and of the final orjson states, keys sorted (in contact order)."""
     states = {f"c{i}": new_state(f"c{i}") for i in range(contacts)}
     fired = hashlib.sha256()
     for raw in encoded:
         event = orjson.loads(raw)
         fired.update(orjson.dumps(apply_event(states[event["contact_id"]], event, model)))
     stored = hashlib.sha256()
-    for state in states.values():
-        stored.update(orjson.dumps(state))
+    for state in states.values():  # keys sorted: the engine may order a state's keys as it likes
+        stored.update(orjson.dumps(state, option=orjson.OPT_SORT_KEYS))
     return [("triggers sha256", fired.hexdigest()), ("states sha256", stored.hexdigest())]
 
 
