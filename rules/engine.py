@@ -150,29 +150,31 @@ _LEAD_RANK = {"nurture": 0, "mql": 1, "sql": 2, "customer": 3}
 def new_state(contact_id: str) -> dict[str, Any]:
     """An empty contact state (plain JSON-compatible dict)."""
     return {
+        # The fields every step reads come first: a dict keeps its entries in insertion order, so
+        # these share a few cache lines, which a step on a cold state fetches (benchmarks/README.md).
+        "in_nurture": True,  # nurture membership last reported (nurture_exit fires when it turns false)
+        "sla": None,  # pending MQL handoff timer (see "Timers" in the module docstring) or None
+        "mv": None,  # model version the groups were built with (rebuilt when the model changes)
+        "g": {},  # half-life group -> [ref_ts, sum of its rules' values at ref, k]: fast score reads
+        "fit": 0.0,  # raw fit points
+        "penalty": 0.0,  # raw behaviour points from trait penalties (<= 0)
+        "disarmed": {},  # threshold type -> event time it fired (absent = armed)
+        "lead_state": "nurture",
+        "suppressed": [],  # current suppression reasons, sorted
+        "b": {},  # behaviour rule id -> [ref_ts, value_at_ref, closed_at_ref, count, windows|None, late]
+        "updated_at": 0,  # max event time applied
         "contact_id": contact_id,
         "traits": {},  # merged traits, flat dotted paths -> latest value by event time
         "trait_ts": {},  # path -> event time of the value kept (makes trait merges order-independent)
-        "fit": 0.0,  # raw fit points
         "fit_detail": {},  # category -> [label, raw points, trait path]
-        "penalty": 0.0,  # raw behaviour points from trait penalties (<= 0)
         "penalty_detail": {},  # penalty id -> raw points
-        "b": {},  # behaviour rule id -> [ref_ts, value_at_ref, closed_at_ref, count, windows|None, late]
-        "g": {},  # half-life group -> [ref_ts, sum of its rules' values at ref, k]: fast score reads
-        "mv": None,  # model version the groups were built with (rebuilt when the model changes)
         "flags": {},  # sticky suppression reason -> earliest event time
-        "suppressed": [],  # current suppression reasons, sorted
-        "disarmed": {},  # threshold type -> event time it fired (absent = armed)
         "last_fired": {},  # trigger type -> event time of its last firing
         "fired": {},  # trigger type -> number of firings (ordinal used in trigger ids)
-        "lead_state": "nurture",
         "mql_at": None,
         "sql_at": None,
         "rejection": None,  # {"reason": str|None, "at": ts} of the last sales rejection
         "health": None,  # [score, band] from the health model
-        "sla": None,  # pending MQL handoff timer (see "Timers" in the module docstring) or None
-        "in_nurture": True,  # nurture membership last reported (nurture_exit fires when it turns false)
-        "updated_at": 0,  # max event time applied
     }
 
 
