@@ -780,9 +780,9 @@ def _thresholds_stay(
 ) -> bool:
     """True when :func:`_decide` would leave every threshold as it is: each disarmed one stays
     disarmed (this and the previous score at or above its re-arm level) and no armed one can
-    fire (this score below its level). ``total`` is the unclipped-at-the-ends score, 0-100, not
-    rounded; rounding moves a score by at most 0.005, so each comparison keeps a 0.01 margin and
-    a closer call returns False (then _decide decides it on the rounded scores)."""
+    fire (this score below its level). ``total`` is the score before rounding (the caller has
+    checked 0 <= total <= 100); rounding moves a score by at most 0.005, so each comparison keeps
+    a 0.01 margin and a closer call returns False (then _decide decides it on the rounded scores)."""
     previous: float = -1.0
     for ttype, level, rearm, _, _, _ in model.thresholds:
         if ttype in disarmed:
