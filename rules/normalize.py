@@ -129,22 +129,15 @@ def prefix_where(key: str, prefix: str | list[str]) -> Callable[[dict[str, Any]]
     """
     prefixes = tuple(p.strip().lower() for p in ([prefix] if isinstance(prefix, str) else prefix) if p.strip())
     from_url = key == "path"
-    # Sites have few distinct paths: answers for exact str values are remembered (at most 4,096,
-    # then forgotten at once, as memo_str does), which saves a lower() copy and a prefix scan.
-    seen: dict[str, bool] = {}
+    # Sites have few distinct paths: the answer per path is remembered, which saves a lower()
+    # copy and a prefix scan on every page view.
+    starts = memo_str(lambda path: path.lower().startswith(prefixes))
 
     def has_prefix(props: dict[str, Any]) -> bool:
         value = props.get(key)
         if value is None and from_url:
             value = url_path(props.get("url"))
-        if type(value) is str:
-            hit = seen.get(value)
-            if hit is None:
-                if len(seen) >= 4096:
-                    seen.clear()
-                hit = seen[value] = value.lower().startswith(prefixes)
-            return hit
-        return isinstance(value, str) and value.lower().startswith(prefixes)
+        return isinstance(value, str) and starts(value)
 
     return has_prefix
 
