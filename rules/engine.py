@@ -257,13 +257,7 @@ def _unrounded_score(fit_raw: float, beh_raw: float, model: CompiledModel) -> fl
 
 
 def _score(fit_raw: float, beh_raw: float, model: CompiledModel) -> float:
-    fit = fit_raw * model.fit_scale
-    if fit > model.fit_max:
-        fit = model.fit_max
-    beh = beh_raw * model.beh_scale
-    if beh > model.beh_max:
-        beh = model.beh_max
-    total = fit + beh
+    total = _unrounded_score(fit_raw, beh_raw, model)
     if total < 0.0:
         return 0.0
     if total > 100.0:
@@ -462,8 +456,6 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
     before: float
     wsize: float
     wdecayed: float
-    fit: float
-    beh: float
     total: float
     score: float
     # Event times as C 64-bit ints in the twin: the decay arguments and cap-window indices are
@@ -721,27 +713,22 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
         return []
 
     decisions: list[dict[str, Any]] = [early] if early is not None else []
+    # What can decide besides the thresholds: a route, a sticky flag, a trait change, a sales answer.
+    acts = routes or sticky or changed or etype == "sales_feedback"
     # score = clip(min(fit_max, fit_raw * fit_scale) + min(beh_max, beh_raw * beh_scale), 0, 100).
     # Quiet step: nothing disarmed, no route, no flag/trait/lead change, and the score without its
     # clips (never below the clipped one) is below quiet_below, so no threshold can fire: the
     # decision block has nothing to do and the score is computed only if the settle needs it.
     if (
-        disarmed or routes or sticky or changed or etype == "sales_feedback"
-        or fit_raw * fit_scale + (decayed + penalty) * beh_scale >= quiet_below
+        disarmed or acts or fit_raw * fit_scale + (decayed + penalty) * beh_scale >= quiet_below
     ):
-        fit = fit_raw * fit_scale
-        if fit > model.fit_max:
-            fit = model.fit_max
-        beh = (decayed + penalty) * beh_scale
-        if beh > model.beh_max:
-            beh = model.beh_max
-        total = fit + beh
+        total = _unrounded_score(fit_raw, decayed + penalty, model)
         if total < 0.0:
             score = 0.0
         elif total > 100.0:
             score = 100.0
         elif (
-            disarmed and not (routes or sticky or changed or etype == "sales_feedback")
+            disarmed and not acts
             and _thresholds_stay(model, disarmed, total, prev_fit, prev_decayed, prev_penalty)
         ):
             # The common step of a contact that already fired (e.g. an MQL reading a page): only
@@ -753,7 +740,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], model: CompiledMod
             # Rounding moves a score by at most 0.005: below quiet_below no threshold can fire and
             # none is disarmed, so the rounded score is only needed if a trigger fires below.
             score = -1.0
-        if score >= 0.0 or routes or sticky or changed or etype == "sales_feedback":
+        if score >= 0.0 or acts:
             score = _decide(
                 state, model, etype, props, ts, score, total, changed, sticky, routes, disarmed,
                 prev_fit, prev_decayed, prev_penalty, old_health if changed else None, decisions,
