@@ -46,8 +46,6 @@ MAX_ID_LENGTH = 200
 MAX_BATCH_CALLS = 2500
 # Deepest nesting accepted in one call (orjson parses 1024 levels but writes only ~250).
 MAX_DEPTH = 32
-# Latest event time accepted after skew correction: the worker's bound (year 9999, within JSON's safe integers).
-MAX_TS_MS = LATEST_TS_MS
 
 
 class SegmentCall(BaseModel):
@@ -245,7 +243,7 @@ def normalise(
         kind = "identify"
 
     ts = event_time(call, received_at)
-    if not 0 < ts <= MAX_TS_MS:
+    if not 0 < ts <= LATEST_TS_MS:  # the worker's bound (year 9999, within JSON's safe integers)
         field = "sentAt" if call.sent_at is not None else "timestamp"
         raise BadInput(f"{field}: the corrected event time is not after 1970", field=field)
 
